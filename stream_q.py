@@ -130,6 +130,14 @@ def normalize(stats: RunningStats, x: jax.Array) -> jax.Array:
     return (x - stats.mean) / jnp.sqrt(variance(stats) + 1e-8)
 
 
+def observe(obs_stats: RunningStats, obs, episode_step, max_episode_steps: int):
+    """Update the statistics with obs FIRST, then normalise it and append the time feature
+    -0.5 + episode_step / max_episode_steps. Returns (obs_stats, (obs_dim + 1,) float32)."""
+    obs_stats = welford_update(obs_stats, obs)
+    time_feature = -0.5 + episode_step / max_episode_steps
+    return obs_stats, jnp.append(normalize(obs_stats, obs), time_feature)
+
+
 def scale_reward(stats: RunningStats, reward_trace, reward, done, gamma: float):
     """Reward scaling of the reference's ScaleReward wrapper: u <- gamma * u * (1 - done) + r,
     Welford statistics of u, emit r / sqrt(var(u) + 1e-8); no mean subtraction, no clipping.
@@ -184,14 +192,6 @@ def epsilon_greedy(q_network, params, obs, key, epsilon):
     u = jax.random.uniform(key, (2,))  # one draw for both choices: the cheapest RNG call
     action = jnp.where(u[0] < epsilon, (u[1] * q_values.shape[-1]).astype(jnp.int32), greedy)
     return action, action != greedy
-
-
-def observe(obs_stats: RunningStats, obs, episode_step, max_episode_steps: int):
-    """Update the statistics with obs FIRST, then normalise it and append the time feature
-    -0.5 + episode_step / max_episode_steps. Returns (obs_stats, (obs_dim + 1,) float32)."""
-    obs_stats = welford_update(obs_stats, obs)
-    time_feature = -0.5 + episode_step / max_episode_steps
-    return obs_stats, jnp.append(normalize(obs_stats, obs), time_feature)
 
 
 # ALGO LOGIC: the first observation
