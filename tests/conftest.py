@@ -1,0 +1,125 @@
+"""Shared test helpers: running a script as a user would, reading its TensorBoard logs, and
+independent NumPy references of the networks (float64)."""
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# Test-only envs, registered by a launcher that then runs a script unchanged (runpy).
+LAUNCHER = '''
+import runpy, sys
+import gymnasium as gym
+import numpy as np
+
+class TestEnv(gym.Env):
+    """nan_after: reward becomes NaN after that many steps; image: (8, 8, 3) uint8 observations."""
+    def __init__(self, continuous=False, image=False, nan_after=None):
+        self.observation_space = (gym.spaces.Box(0, 255, (8, 8, 3), np.uint8) if image
+                                  else gym.spaces.Box(-1.0, 1.0, (3,), np.float32))
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32) if continuous else gym.spaces.Discrete(2)
+        self.nan_after, self.t = nan_after, 0
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+    def step(self, action):
+        self.t += 1
+        reward = float("nan") if self.nan_after is not None and self.t > self.nan_after else 1.0
+        return self.observation_space.sample(), reward, self.t % 20 == 0, False, {}
+
+gym.register("Test/Nan-v0", entry_point=TestEnv, kwargs=dict(nan_after=100), max_episode_steps=1000)
+gym.register("TestNanContinuous-v0", entry_point=TestEnv, kwargs=dict(continuous=True, nan_after=100),
+             max_episode_steps=1000)
+gym.register("TestImage-v0", entry_point=TestEnv, kwargs=dict(image=True), max_episode_steps=1000)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+
+def run_script(script, *flags, cwd, launcher=False, timeout=900):
+    """Run `python SCRIPT FLAGS` in cwd; returns the CompletedProcess (text)."""
+    path = script if os.path.isabs(script) else os.path.join(ROOT, script)
+    command = [sys.executable, path, *flags]
+    if launcher:
+        with open(os.path.join(cwd, "launcher.py"), "w") as f:
+            f.write(LAUNCHER)
+        command = [sys.executable, os.path.join(cwd, "launcher.py"), path, *flags]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def read_scalars(cwd):
+    """{tag: [(step, value), ...]} from the single run under cwd/runs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (run,) = glob.glob(os.path.join(cwd, "runs", "*"))
+    accumulator = EventAccumulator(run)
+    accumulator.Reload()
+    scalars = {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+    return scalars, accumulator
+
+
+def assert_one_line_error(result, *words):
+    """Non-zero exit, no traceback, one 'error:' line on stderr that contains every word."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+def np_layer_norm(x, axes=None):
+    """LayerNorm without scale or bias over the whole tensor (all axes), eps 1e-5, biased variance."""
+    return (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + 1e-5)
+
+
+def np_mlp(layers, x):
+    """NumPy forward of dense -> LayerNorm -> leaky_relu(0.01) hidden layers and linear heads.
+    layers: list of (kernel, bias) for the hidden layers; returns the last hidden activation."""
+    for kernel, bias in layers:
+        x = np_layer_norm(x @ kernel + bias)
+        x = np.where(x > 0, x, 0.01 * x)
+    return x
+
+
+def numeric_grad(f, params, h=1e-5):
+    """Central differences of scalar f(params) w.r.t. every entry of a dict of float64 arrays."""
+    grads = {}
+    for name, value in params.items():
+        grad = np.zeros_like(value)
+        for index in np.ndindex(value.shape):
+            old = value[index]
+            value[index] = old + h
+            plus = f(params)
+            value[index] = old - h
+            minus = f(params)
+            value[index] = old
+            grad[index] = (plus - minus) / (2 * h)
+        grads[name] = grad
+    return grads
+
+
+def np_obgd(params, trace, grads, delta, reset, kappa, gamma, lamda, lr=1.0):
+    """NumPy ObGD (Elsayed et al. 2024, Algorithm 3) over dicts of arrays."""
+    trace = {k: gamma * lamda * trace[k] + grads[k] for k in params}
+    z_sum = sum(np.abs(z).sum() for z in trace.values())
+    m = lr * kappa * max(abs(delta), 1.0) * z_sum
+    step = lr / max(m, 1.0)
+    params = {k: params[k] - step * delta * trace[k] for k in params}
+    if reset:
+        trace = {k: np.zeros_like(z) for k, z in trace.items()}
+    return params, trace
+
+
+@pytest.fixture
+def cpu_jax():
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+    return jax

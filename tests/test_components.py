@@ -1,0 +1,236 @@
+"""Each piece of the scripts against an independent NumPy reference written here."""
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import np_layer_norm, np_mlp, np_obgd, numeric_grad
+
+import stream_ac_continuous
+import stream_q
+
+jax.config.update("jax_platforms", "cpu")
+SCRIPTS = [stream_q, stream_ac_continuous]
+
+
+def to_np(params):
+    """flax {'params': {'Dense_0': {'kernel', 'bias'}}} -> {'Dense_0/kernel': float64 array}."""
+    return {f"{layer}/{name}": np.array(v, np.float64) for layer, d in params["params"].items() for name, v in d.items()}
+
+
+def from_np(flat):
+    out = {}
+    for key, value in flat.items():
+        layer, name = key.split("/")
+        out.setdefault(layer, {})[name] = jnp.asarray(value, jnp.float32)
+    return {"params": out}
+
+
+def hidden(p, n=2):
+    return [(p[f"Dense_{i}/kernel"], p[f"Dense_{i}/bias"]) for i in range(n)]
+
+
+@pytest.mark.parametrize("module", SCRIPTS)
+@pytest.mark.parametrize("bound_active", [False, True])
+def test_obgd_one_step(module, bound_active):
+    rng = np.random.default_rng(0)
+    scale = 1.0 if bound_active else 1e-3
+    params = {"a": rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
+    trace = {k: scale * rng.normal(size=v.shape) for k, v in params.items()}
+    grads = {k: scale * rng.normal(size=v.shape) for k, v in params.items()}
+    delta, kappa, gamma, lamda = 0.7, 2.0, 0.99, 0.8
+    z_sum = sum(np.abs(gamma * lamda * trace[k] + grads[k]).sum() for k in params)
+    assert (kappa * max(abs(delta), 1) * z_sum > 1) == bound_active
+    expected_params, expected_trace = np_obgd(params, trace, grads, delta, False, kappa, gamma, lamda)
+    as_jax = lambda d: {k: jnp.asarray(v, jnp.float32) for k, v in d.items()}  # noqa: E731
+    new_params, new_trace = module.obgd(as_jax(params), as_jax(trace), as_jax(grads), jnp.float32(delta),
+                                        jnp.bool_(False), kappa=kappa, gamma=gamma, lamda=lamda)
+    for k in params:
+        np.testing.assert_allclose(new_params[k], expected_params[k], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(new_trace[k], expected_trace[k], rtol=1e-5, atol=1e-6)
+    # reset: the update still uses the decayed trace, then the trace is zeroed
+    reset_params, reset_trace = module.obgd(as_jax(params), as_jax(trace), as_jax(grads), jnp.float32(delta),
+                                            jnp.bool_(True), kappa=kappa, gamma=gamma, lamda=lamda)
+    for k in params:
+        np.testing.assert_allclose(reset_params[k], expected_params[k], rtol=1e-5, atol=1e-6)
+        assert not np.any(reset_trace[k])
+
+
+@pytest.mark.parametrize("module", SCRIPTS)
+@pytest.mark.parametrize("shape", [(5, 32), (128, 6), (3, 3, 4, 16)])
+def test_sparse_init(module, shape):
+    kernel = np.asarray(module.sparse_init(0.9)(jax.random.PRNGKey(1), shape))
+    fan_in = math.prod(shape[:-1])
+    per_unit = kernel.reshape(fan_in, shape[-1])
+    assert np.all((per_unit == 0).sum(axis=0) == math.ceil(0.9 * fan_in))
+    assert np.all(np.abs(kernel) <= 1 / math.sqrt(fan_in))
+    # the zeros fall on different inputs for different units
+    if fan_in > 10:
+        assert len({tuple(np.flatnonzero(col == 0)) for col in per_unit.T}) > 1
+
+
+def test_networks_match_numpy_forward_and_zero_bias():
+    x = np.random.default_rng(0).normal(size=9).astype(np.float32)
+    q_net = stream_q.QNetwork(3, 16)
+    params = q_net.init(jax.random.PRNGKey(0), x)
+    p = to_np(params)
+    assert all(not np.any(v) for k, v in p.items() if k.endswith("bias"))
+    p = {k: np.random.default_rng(1).normal(size=v.shape) for k, v in p.items()}  # non-zero biases too
+    expected = np_mlp(hidden(p), x) @ p["Dense_2/kernel"] + p["Dense_2/bias"]
+    np.testing.assert_allclose(q_net.apply(from_np(p), x), expected, rtol=1e-4, atol=1e-4)
+
+    actor = stream_ac_continuous.Actor(2, 16)
+    p = {k: np.random.default_rng(2).normal(size=v.shape) for k, v in to_np(actor.init(jax.random.PRNGKey(0), x)).items()}
+    h = np_mlp(hidden(p), x)
+    mu, std = actor.apply(from_np(p), x)
+    np.testing.assert_allclose(mu, h @ p["Dense_2/kernel"] + p["Dense_2/bias"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(std, np.log1p(np.exp(h @ p["Dense_3/kernel"] + p["Dense_3/bias"])), rtol=1e-4, atol=1e-4)
+
+
+def test_layer_norm_is_over_the_whole_tensor():
+    x = np.random.default_rng(0).normal(size=(4, 5, 6)).astype(np.float32) * 3 + 1
+    import flax.linen as nn
+
+    layer = nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False, reduction_axes=(-3, -2, -1))
+    np.testing.assert_allclose(layer.apply({}, x), np_layer_norm(x.astype(np.float64)), rtol=1e-4, atol=1e-4)
+    # a dense layer's features are one axis, so the scripts' default reduction is the whole tensor
+    v = x.reshape(-1)
+    np.testing.assert_allclose(nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False).apply({}, v),
+                               np_layer_norm(v.astype(np.float64)), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("module", SCRIPTS)
+def test_welford_observation_normaliser_over_a_stream(module):
+    xs = np.random.default_rng(0).normal(3.0, 2.0, size=(50, 4))
+    stats = module.RunningStats(jnp.zeros(4), jnp.zeros(4), jnp.float32(0.0))
+    for t, x in enumerate(xs, start=1):
+        stats, out = module.observe(stats, jnp.asarray(x, jnp.float32), 7, 10)
+        seen = xs[:t]
+        var = np.ones(4) if t < 2 else seen.var(axis=0, ddof=1)
+        expected = (x - seen.mean(axis=0)) / np.sqrt(var + 1e-8)
+        np.testing.assert_allclose(out[:4], expected, rtol=1e-4, atol=1e-4)
+        assert out[4] == pytest.approx(-0.5 + 7 / 10)  # time feature, not normalised
+
+
+@pytest.mark.parametrize("module", SCRIPTS)
+def test_reward_scaler_over_a_stream(module):
+    rng = np.random.default_rng(0)
+    rewards, dones = rng.normal(1.0, 2.0, size=60), rng.random(60) < 0.1
+    gamma, u, us = 0.99, 0.0, []
+    stats, trace = module.RunningStats(jnp.float32(0.0), jnp.float32(0.0), jnp.float32(0.0)), jnp.float32(0.0)
+    for r, d in zip(rewards, dones):
+        u = gamma * u * (1 - d) + r
+        us.append(u)
+        var = 1.0 if len(us) < 2 else np.var(us, ddof=1)
+        stats, trace, scaled = module.scale_reward(stats, trace, jnp.float32(r), jnp.float32(d), gamma)
+        assert float(scaled) == pytest.approx(r / math.sqrt(var + 1e-8), rel=1e-4)
+
+
+def test_epsilon_greedy_nongreedy_only_when_the_action_differs():
+    net = stream_q.QNetwork(2, 8)
+    x = jnp.ones(5)
+    params = net.init(jax.random.PRNGKey(0), x)
+    greedy = int(jnp.argmax(net.apply(params, x)))
+    seen = set()
+    for i in range(40):
+        action, nongreedy = stream_q.epsilon_greedy(net, params, x, jax.random.PRNGKey(i), 1.0)
+        assert bool(nongreedy) == (int(action) != greedy)
+        seen.add(int(action))
+    assert seen == {0, 1}
+    action, nongreedy = stream_q.epsilon_greedy(net, params, x, jax.random.PRNGKey(0), 0.0)
+    assert int(action) == greedy and not bool(nongreedy)
+
+
+def q_setup(hidden_size=8):
+    args = stream_q.Args(hidden_size=hidden_size, total_steps=1000)
+    kw = dict(q_network=stream_q.QNetwork(2, hidden_size), args=args, max_episode_steps=100)
+    obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
+    state, _ = stream_q.start(jax.random.PRNGKey(0), obs, **kw)
+    return args, kw, obs, state
+
+
+@pytest.mark.parametrize("nongreedy,done", [(False, False), (True, False), (False, True)])
+def test_q_train_step_against_numpy(nongreedy, done):
+    args, kw, obs, state = q_setup()
+    p = {k: np.random.default_rng(3).normal(0, 0.5, size=v.shape) for k, v in to_np(state.params).items()}
+    state = state._replace(params=from_np(p), action=jnp.int32(1), nongreedy=jnp.bool_(nongreedy))
+    next_obs = np.array([0.2, 0.1, -0.3, 0.4], np.float32)
+    new_state, out = stream_q.train_step(state, next_obs, np.float32(1.0), done, next_obs, **kw)
+
+    # reference: statistics of two observations, first reward scaled by sqrt(1 + 1e-8)
+    seen = np.stack([obs, next_obs]).astype(np.float64)
+    x = np.append(np.array(state.obs, np.float64), [])
+    next_x = np.append((next_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5 + 1 / 100)
+    q = lambda p, s: np_mlp(hidden(p), s) @ p["Dense_2/kernel"] + p["Dense_2/bias"]  # noqa: E731
+    delta = 1.0 / math.sqrt(1 + 1e-8) + args.gamma * q(p, next_x).max() * (1 - done) - q(p, x)[1]
+    grads = numeric_grad(lambda p: -q(p, x)[1], p)
+    expected, trace = np_obgd(p, {k: 0 * v for k, v in p.items()}, grads, delta, nongreedy or done,
+                              args.kappa, args.gamma, args.lamda)
+    assert float(out[1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
+    got = to_np(new_state.params)
+    for k in p:
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
+    traces = to_np(new_state.eligibility_trace)
+    assert all(not np.any(z) for z in traces.values()) == (nongreedy or done)
+    assert int(new_state.episode_step) == (0 if done else 1)
+
+
+def test_q_first_action_after_done_comes_from_the_reset_observation():
+    args, kw, obs, state = q_setup()
+    next_obs, reset_obs = np.full(4, 5.0, np.float32), np.full(4, -5.0, np.float32)
+    new_state, _ = stream_q.train_step(state, next_obs, np.float32(1.0), True, reset_obs, **kw)
+    seen = np.stack([obs, next_obs, reset_obs]).astype(np.float64)
+    expected = np.append((reset_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5)
+    np.testing.assert_allclose(new_state.obs, expected, rtol=1e-4, atol=1e-4)
+    assert int(new_state.obs_stats.count) == 3
+
+
+def test_ac_train_step_against_numpy():
+    hidden_size, done = 8, False
+    args = stream_ac_continuous.Args(hidden_size=hidden_size)
+    low, high = -np.ones(2, np.float32), np.ones(2, np.float32)
+    kw = dict(actor=stream_ac_continuous.Actor(2, hidden_size), critic=stream_ac_continuous.Critic(hidden_size),
+              args=args, max_episode_steps=100, low=low, high=high)
+    obs = np.array([0.1, -0.2, 0.3], np.float32)
+    state, _ = stream_ac_continuous.start(jax.random.PRNGKey(0), obs, **kw)
+    rng = np.random.default_rng(4)
+    pp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.policy_params).items()}
+    vp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.value_params).items()}
+    action = np.array([1.7, -0.4], np.float32)  # outside the bounds: log-prob of the unclipped action
+    state = state._replace(policy_params=from_np(pp), value_params=from_np(vp), action=jnp.asarray(action))
+    next_obs = np.array([0.2, 0.1, -0.3], np.float32)
+    new_state, out = stream_ac_continuous.train_step(state, next_obs, np.float32(2.0), done, next_obs, **kw)
+
+    seen = np.stack([obs, next_obs]).astype(np.float64)
+    x = np.array(state.obs, np.float64)
+    next_x = np.append((next_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5 + 1 / 100)
+    v = lambda p, s: (np_mlp(hidden(p), s) @ p["Dense_2/kernel"] + p["Dense_2/bias"])[0]  # noqa: E731
+    delta = 2.0 / math.sqrt(1 + 1e-8) + args.gamma * v(vp, next_x) - v(vp, x)
+
+    def policy_loss(p):
+        h = np_mlp(hidden(p), x)
+        mu = h @ p["Dense_2/kernel"] + p["Dense_2/bias"]
+        std = np.log1p(np.exp(h @ p["Dense_3/kernel"] + p["Dense_3/bias"]))
+        log_prob = (-0.5 * ((action - mu) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)).sum()
+        entropy = (0.5 + 0.5 * np.log(2 * np.pi) + np.log(std)).sum()
+        return -log_prob - args.entropy_coeff * np.sign(delta) * entropy
+
+    assert float(out[-1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
+    zeros = lambda p: {k: 0 * w for k, w in p.items()}  # noqa: E731
+    expected_v, _ = np_obgd(vp, zeros(vp), numeric_grad(lambda p: -v(p, x), vp), delta, done,
+                            args.kappa_value, args.gamma, args.lamda)
+    expected_p, _ = np_obgd(pp, zeros(pp), numeric_grad(policy_loss, pp), delta, done,
+                            args.kappa_policy, args.gamma, args.lamda)
+    for got, expected in [(to_np(new_state.value_params), expected_v), (to_np(new_state.policy_params), expected_p)]:
+        for k in expected:
+            np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
+    assert np.all(np.abs(np.asarray(out[:-1])) <= 1.0)  # the env gets the clipped action
+
+
+def test_linear_schedule():
+    duration = 0.05 * 1000
+    assert float(stream_q.linear_schedule(1.0, 0.01, duration, 1)) == pytest.approx(1 - 0.99 / 50)
+    assert float(stream_q.linear_schedule(1.0, 0.01, duration, 50)) == pytest.approx(0.01)
+    assert float(stream_q.linear_schedule(1.0, 0.01, duration, 5000)) == pytest.approx(0.01)

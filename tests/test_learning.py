@@ -1,0 +1,27 @@
+"""Learning checks: real runs as a user would start them, judged from their TensorBoard logs.
+Marked slow (about 2 minutes on 2 cores); CI runs them."""
+import numpy as np
+import pytest
+from conftest import read_scalars, run_script
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stream_q_solves_cartpole_within_30k_steps(seed, tmp_path):
+    # the PyTorch reference first reaches 1,000 at 14.0k, 12.0k and 5.7k steps for seeds 0, 1, 2
+    result = run_script("stream_q.py", "--env", "CartPole-v1", "--total-steps", "30000", "--seed", str(seed),
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    returns = read_scalars(tmp_path)[0]["charts/episodic_return"]
+    assert max(value for _, value in returns) >= 1000, returns[-10:]
+
+
+@pytest.mark.slow
+def test_stream_ac_continuous_improves_on_halfcheetah(tmp_path):
+    result = run_script("stream_ac_continuous.py", "--env", "HalfCheetah-v5", "--total-steps", "100000",
+                        "--seed", "0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    returns = read_scalars(tmp_path)[0]["charts/episodic_return"]
+    early = np.mean([value for step, value in returns if step <= 10_000])
+    late = np.mean([value for step, value in returns if 80_000 < step <= 100_000])
+    assert late - early >= 500, (early, late)

@@ -1,0 +1,100 @@
+"""The scripts as a user runs them: logs, seeds, errors, and running alone in an empty folder."""
+import glob
+import os
+import shutil
+
+import pytest
+from conftest import ROOT, assert_one_line_error, read_scalars, run_script
+
+# script -> (default env, steps for a smoke run); both envs end episodes within the smoke run
+SCRIPTS = {
+    "stream_q.py": ("CartPole-v1", 300),
+    "stream_ac_continuous.py": ("HalfCheetah-v5", 1100),
+}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_smoke_run_writes_the_expected_tags(script, tmp_path):
+    result = run_script(script, "--total-steps", str(SCRIPTS[script][1]), "--debug", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "episodic_return=" in result.stdout
+    (run,) = os.listdir(tmp_path / "runs")
+    assert run.startswith(f"{SCRIPTS[script][0]}__{script[:-3]}__0__")
+    scalars, accumulator = read_scalars(tmp_path)
+    assert {"charts/episodic_return", "charts/episodic_length"} <= set(scalars)
+    assert ("charts/epsilon" in scalars) == (script == "stream_q.py")
+    assert "hyperparameters/text_summary" in accumulator.Tags()["tensors"]
+    assert all(step <= SCRIPTS[script][1] for step, _ in scalars["charts/episodic_return"])
+
+
+def test_sps_is_logged_every_5000_steps(tmp_path):
+    result = run_script("stream_q.py", "--total-steps", "10000", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    scalars, _ = read_scalars(tmp_path)
+    assert [step for step, _ in scalars["charts/SPS"]] == [5000, 10000]
+    assert all(value > 0 for _, value in scalars["charts/SPS"])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_same_seed_gives_identical_returns(script, tmp_path):
+    returns = []
+    for i in range(2):
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        result = run_script(script, "--total-steps", "2500", "--seed", "3", cwd=folder)
+        assert result.returncode == 0, result.stderr
+        scalars, _ = read_scalars(folder)
+        returns.append(scalars["charts/episodic_return"])
+    assert len(returns[0]) >= 2 and returns[0] == returns[1]
+    # and a different seed gives a different run
+    other = tmp_path / "other"
+    other.mkdir()
+    run_script(script, "--total-steps", "2500", "--seed", "4", cwd=other)
+    assert read_scalars(other)[0]["charts/episodic_return"] != returns[0]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_runs_when_copied_alone_into_an_empty_folder(script, tmp_path):
+    shutil.copy(os.path.join(ROOT, script), tmp_path)
+    result = run_script(str(tmp_path / script), "--total-steps", "200", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert {"runs", script} <= set(os.listdir(tmp_path))  # mujoco may add MUJOCO_LOG.TXT
+
+
+@pytest.mark.parametrize("script,env,needs", [
+    ("stream_q.py", "HalfCheetah-v5", "Discrete action space"),
+    ("stream_ac_continuous.py", "CartPole-v1", "flat Box (continuous) action space"),
+    ("stream_q.py", "TestImage-v0", "flat Box observation"),
+])
+def test_wrong_spaces_give_one_line_error(script, env, needs, tmp_path):
+    result = run_script(script, "--env", env, "--total-steps", "10", cwd=tmp_path, launcher=True)
+    assert_one_line_error(result, needs, env)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("flags,words", [
+    (["--total-steps", "0"], ["--total-steps", "0"]),
+    (["--device", "tpu"], ["--device", "cpu", "gpu", "tpu"]),
+    (["--env", "NoSuchEnv-v0"], ["--env", "NoSuchEnv-v0"]),
+])
+def test_bad_flags_give_one_line_error(script, flags, words, tmp_path):
+    assert_one_line_error(run_script(script, *flags, cwd=tmp_path), *words)
+
+
+def test_device_gpu_without_a_gpu_gives_one_line_error(tmp_path):
+    import jax
+
+    if any(d.platform == "gpu" for d in jax.devices()):
+        pytest.skip("this machine has a GPU")
+    assert_one_line_error(run_script("stream_q.py", "--device", "gpu", cwd=tmp_path), "--device gpu", "no GPU")
+
+
+@pytest.mark.parametrize("script,env", [("stream_q.py", "Test/Nan-v0"),
+                                        ("stream_ac_continuous.py", "TestNanContinuous-v0")])
+def test_non_finite_td_error_stops_and_keeps_logs(script, env, tmp_path):
+    result = run_script(script, "--env", env, "--total-steps", "1000", cwd=tmp_path, launcher=True)
+    assert_one_line_error(result, "non-finite TD error", "global_step=101")
+    scalars, accumulator = read_scalars(tmp_path)
+    assert len(scalars["charts/episodic_return"]) == 5  # the episodes before the NaN (20 steps each)
+    (events,) = glob.glob(str(tmp_path / "runs" / "*" / "events.out.tfevents.*"))
+    assert os.path.basename(os.path.dirname(events)).startswith(env.replace("/", "_") + "__")  # path-safe
