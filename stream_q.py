@@ -184,10 +184,9 @@ class AgentState(NamedTuple):
     key: jax.Array  # the run's key; step t uses fold_in(key, t)
 
 
-def epsilon_greedy(q_network, params, obs, key, epsilon):
-    """Returns (action int32, nongreedy bool): nongreedy only if a random action differs
-    from argmax q(obs) (Watkins' Q(λ) cuts the trace only then)."""
-    q_values = q_network.apply(params, obs)
+def epsilon_greedy(q_values, key, epsilon):
+    """q_values (n_actions,) float32 -> (action int32, nongreedy bool): nongreedy only if a
+    random action differs from the greedy one (Watkins' Q(λ) cuts the trace only then)."""
     greedy = jnp.argmax(q_values)
     u = jax.random.uniform(key, (2,))  # one draw for both choices: the cheapest RNG call
     action = jnp.where(u[0] < epsilon, (u[1] * q_values.shape[-1]).astype(jnp.int32), greedy)
@@ -203,7 +202,7 @@ def start(key, obs, *, q_network, args: Args, max_episode_steps: int):
     zeros = RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), jnp.float32(0.0))
     obs_stats, x = observe(zeros, obs, 0, max_episode_steps)
     epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_steps, 1)
-    action, nongreedy = epsilon_greedy(q_network, params, x, jax.random.fold_in(key, 0), epsilon)
+    action, nongreedy = epsilon_greedy(q_network.apply(params, x), jax.random.fold_in(key, 0), epsilon)
     state = AgentState(
         params=params,
         eligibility_trace=jax.tree.map(jnp.zeros_like, params),
@@ -255,7 +254,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
     global_step = state.global_step + 1
     epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_steps, global_step + 1)
     key = jax.random.fold_in(state.key, global_step)  # a fresh key per step, no key to carry
-    action, nongreedy = epsilon_greedy(q_network, params, x, key, epsilon)
+    action, nongreedy = epsilon_greedy(q_network.apply(params, x), key, epsilon)
     state = AgentState(params, eligibility_trace, obs_stats, reward_stats, reward_trace, x, action, nongreedy,
                        episode_step, global_step, state.key)
     return state, jnp.stack([action.astype(jnp.float32), delta])

@@ -1,7 +1,5 @@
 """Each piece of the scripts against an independent NumPy reference written here."""
 import math
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,10 +7,12 @@ import pytest
 from conftest import np_layer_norm, np_mlp, np_obgd, numeric_grad
 
 import stream_ac_continuous
+import stream_ac_discrete
 import stream_q
+import stream_sarsa
 
 jax.config.update("jax_platforms", "cpu")
-SCRIPTS = [stream_q, stream_ac_continuous]
+SCRIPTS = [stream_q, stream_sarsa, stream_ac_continuous, stream_ac_discrete]
 
 
 def to_np(params):
@@ -135,11 +135,11 @@ def test_epsilon_greedy_nongreedy_only_when_the_action_differs():
     greedy = int(jnp.argmax(net.apply(params, x)))
     seen = set()
     for i in range(40):
-        action, nongreedy = stream_q.epsilon_greedy(net, params, x, jax.random.PRNGKey(i), 1.0)
+        action, nongreedy = stream_q.epsilon_greedy(net.apply(params, x), jax.random.PRNGKey(i), 1.0)
         assert bool(nongreedy) == (int(action) != greedy)
         seen.add(int(action))
     assert seen == {0, 1}
-    action, nongreedy = stream_q.epsilon_greedy(net, params, x, jax.random.PRNGKey(0), 0.0)
+    action, nongreedy = stream_q.epsilon_greedy(net.apply(params, x), jax.random.PRNGKey(0), 0.0)
     assert int(action) == greedy and not bool(nongreedy)
 
 
@@ -234,3 +234,107 @@ def test_linear_schedule():
     assert float(stream_q.linear_schedule(1.0, 0.01, duration, 1)) == pytest.approx(1 - 0.99 / 50)
     assert float(stream_q.linear_schedule(1.0, 0.01, duration, 50)) == pytest.approx(0.01)
     assert float(stream_q.linear_schedule(1.0, 0.01, duration, 5000)) == pytest.approx(0.01)
+
+
+def sarsa_setup(hidden_size=8):
+    args = stream_sarsa.Args(hidden_size=hidden_size, total_steps=1000)
+    kw = dict(q_network=stream_sarsa.QNetwork(2, hidden_size), args=args, max_episode_steps=100)
+    obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
+    state, _ = stream_sarsa.start(jax.random.PRNGKey(0), obs, **kw)
+    p = {k: np.random.default_rng(3).normal(0, 0.5, size=v.shape) for k, v in to_np(state.params).items()}
+    return args, kw, obs, state._replace(params=from_np(p), action=jnp.int32(1)), p
+
+
+@pytest.mark.parametrize("done", [False, True])
+def test_sarsa_train_step_against_numpy(done):
+    args, kw, obs, state, p = sarsa_setup()
+    next_obs = np.array([0.2, 0.1, -0.3, 0.4], np.float32)
+    new_state, out = stream_sarsa.train_step(state, next_obs, np.float32(1.0), done, next_obs, **kw)
+    # a' is the action the agent takes next (when not done): the target uses q(s', a') of that action
+    next_action = int(out[0])
+    seen = np.stack([obs, next_obs]).astype(np.float64)
+    x = np.array(state.obs, np.float64)
+    next_x = np.append((next_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5 + 1 / 100)
+    q = lambda p, s: np_mlp(hidden(p), s) @ p["Dense_2/kernel"] + p["Dense_2/bias"]  # noqa: E731
+    a_prime = next_action if not done else 0
+    delta = 1.0 / math.sqrt(1 + 1e-8) + args.gamma * q(p, next_x)[a_prime] * (1 - done) - q(p, x)[1]
+    assert float(out[1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
+    expected, _ = np_obgd(p, {k: 0 * v for k, v in p.items()}, numeric_grad(lambda p: -q(p, x)[1], p), delta,
+                          done, args.kappa, args.gamma, args.lamda)
+    got = to_np(new_state.params)
+    for k in p:
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
+    # traces reset on done only: a non-greedy a' does not cut them
+    assert all(not np.any(z) for z in to_np(new_state.eligibility_trace).values()) == done
+
+
+def test_sarsa_target_uses_the_action_taken_not_the_max():
+    args, kw, obs, state, p = sarsa_setup()
+    next_obs = np.array([0.2, 0.1, -0.3, 0.4], np.float32)
+    q = lambda s: np_mlp(hidden(p), s) @ p["Dense_2/kernel"] + p["Dense_2/bias"]  # noqa: E731
+    seen = np.stack([obs, next_obs]).astype(np.float64)
+    next_x = np.append((next_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5 + 1 / 100)
+    q_next = q(next_x)
+    deltas = {}
+    for i in range(30):  # epsilon is near 1 here, so both actions come up
+        st = state._replace(key=jax.random.PRNGKey(i))
+        _, out = stream_sarsa.train_step(st, next_obs, np.float32(1.0), False, next_obs, **kw)
+        deltas[int(out[0])] = float(out[1])
+    assert set(deltas) == {0, 1}
+    assert deltas[1] - deltas[0] == pytest.approx(args.gamma * (q_next[1] - q_next[0]), rel=1e-3, abs=1e-4)
+
+
+def test_sarsa_first_action_of_an_episode_comes_from_the_reset_observation():
+    args, kw, obs, state, p = sarsa_setup()
+    next_obs, reset_obs = np.full(4, 5.0, np.float32), np.full(4, -5.0, np.float32)
+    args.start_e = args.end_e = 0.0  # greedy, so the action is a function of the observation
+    new_state, out = stream_sarsa.train_step(state, next_obs, np.float32(1.0), True, reset_obs, **kw)
+    seen = np.stack([obs, next_obs, reset_obs]).astype(np.float64)
+    reset_x = np.append((reset_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5)
+    np.testing.assert_allclose(new_state.obs, reset_x, rtol=1e-4, atol=1e-4)
+    q_reset = np.asarray(kw["q_network"].apply(new_state.params, jnp.asarray(reset_x, jnp.float32)))
+    assert int(out[0]) == int(np.argmax(q_reset)) == int(new_state.action)
+
+
+def test_categorical_log_prob_and_entropy():
+    logits = np.array([0.5, -1.0, 2.0])
+    probs = np.exp(logits) / np.exp(logits).sum()
+    log_prob, entropy = stream_ac_discrete.log_prob_and_entropy(jnp.asarray(logits, jnp.float32), 2)
+    assert float(log_prob) == pytest.approx(np.log(probs[2]), rel=1e-5)
+    assert float(entropy) == pytest.approx(-(probs * np.log(probs)).sum(), rel=1e-5)
+
+
+def test_ac_discrete_train_step_against_numpy():
+    hidden_size = 8
+    args = stream_ac_discrete.Args(hidden_size=hidden_size)
+    kw = dict(actor=stream_ac_discrete.Actor(3, hidden_size), critic=stream_ac_discrete.Critic(hidden_size),
+              args=args, max_episode_steps=100)
+    obs = np.array([0.1, -0.2, 0.3], np.float32)
+    state, _ = stream_ac_discrete.start(jax.random.PRNGKey(0), obs, **kw)
+    rng = np.random.default_rng(5)
+    pp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.policy_params).items()}
+    vp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.value_params).items()}
+    state = state._replace(policy_params=from_np(pp), value_params=from_np(vp), action=jnp.int32(2))
+    next_obs = np.array([0.2, 0.1, -0.3], np.float32)
+    new_state, out = stream_ac_discrete.train_step(state, next_obs, np.float32(-1.0), False, next_obs, **kw)
+    seen = np.stack([obs, next_obs]).astype(np.float64)
+    x = np.array(state.obs, np.float64)
+    next_x = np.append((next_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5 + 1 / 100)
+    v = lambda p, s: (np_mlp(hidden(p), s) @ p["Dense_2/kernel"] + p["Dense_2/bias"])[0]  # noqa: E731
+    delta = -1.0 / math.sqrt(1 + 1e-8) + args.gamma * v(vp, next_x) - v(vp, x)
+
+    def policy_loss(p):
+        logits = np_mlp(hidden(p), x) @ p["Dense_2/kernel"] + p["Dense_2/bias"]
+        log_probs = logits - np.log(np.exp(logits).sum())
+        entropy = -(np.exp(log_probs) * log_probs).sum()
+        return -log_probs[2] - args.entropy_coeff * np.sign(delta) * entropy
+
+    assert float(out[1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
+    zeros = lambda p: {k: 0 * w for k, w in p.items()}  # noqa: E731
+    expected_p, _ = np_obgd(pp, zeros(pp), numeric_grad(policy_loss, pp), delta, False,
+                            args.kappa_policy, args.gamma, args.lamda)
+    expected_v, _ = np_obgd(vp, zeros(vp), numeric_grad(lambda p: -v(p, x), vp), delta, False,
+                            args.kappa_value, args.gamma, args.lamda)
+    for got, expected in [(to_np(new_state.policy_params), expected_p), (to_np(new_state.value_params), expected_v)]:
+        for k in expected:
+            np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)

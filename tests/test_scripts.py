@@ -9,6 +9,8 @@ from conftest import ROOT, assert_one_line_error, read_scalars, run_script
 # script -> (default env, steps for a smoke run); both envs end episodes within the smoke run
 SCRIPTS = {
     "stream_q.py": ("CartPole-v1", 300),
+    "stream_sarsa.py": ("CartPole-v1", 300),
+    "stream_ac_discrete.py": ("CartPole-v1", 300),
     "stream_ac_continuous.py": ("HalfCheetah-v5", 1100),
 }
 
@@ -22,7 +24,7 @@ def test_smoke_run_writes_the_expected_tags(script, tmp_path):
     assert run.startswith(f"{SCRIPTS[script][0]}__{script[:-3]}__0__")
     scalars, accumulator = read_scalars(tmp_path)
     assert {"charts/episodic_return", "charts/episodic_length"} <= set(scalars)
-    assert ("charts/epsilon" in scalars) == (script == "stream_q.py")
+    assert ("charts/epsilon" in scalars) == (script in ("stream_q.py", "stream_sarsa.py"))
     assert "hyperparameters/text_summary" in accumulator.Tags()["tensors"]
     assert all(step <= SCRIPTS[script][1] for step, _ in scalars["charts/episodic_return"])
 
@@ -65,6 +67,10 @@ def test_runs_when_copied_alone_into_an_empty_folder(script, tmp_path):
     ("stream_q.py", "HalfCheetah-v5", "Discrete action space"),
     ("stream_ac_continuous.py", "CartPole-v1", "flat Box (continuous) action space"),
     ("stream_q.py", "TestImage-v0", "flat Box observation"),
+    ("stream_sarsa.py", "HalfCheetah-v5", "Discrete action space"),
+    ("stream_sarsa.py", "TestImage-v0", "flat Box observation"),
+    ("stream_ac_discrete.py", "HalfCheetah-v5", "Discrete action space"),
+    ("stream_ac_discrete.py", "TestImage-v0", "flat Box observation"),
 ])
 def test_wrong_spaces_give_one_line_error(script, env, needs, tmp_path):
     result = run_script(script, "--env", env, "--total-steps", "10", cwd=tmp_path, launcher=True)
@@ -89,7 +95,8 @@ def test_device_gpu_without_a_gpu_gives_one_line_error(tmp_path):
     assert_one_line_error(run_script("stream_q.py", "--device", "gpu", cwd=tmp_path), "--device gpu", "no GPU")
 
 
-@pytest.mark.parametrize("script,env", [("stream_q.py", "Test/Nan-v0"),
+@pytest.mark.parametrize("script,env", [("stream_q.py", "Test/Nan-v0"), ("stream_sarsa.py", "Test/Nan-v0"),
+                                        ("stream_ac_discrete.py", "Test/Nan-v0"),
                                         ("stream_ac_continuous.py", "TestNanContinuous-v0")])
 def test_non_finite_td_error_stops_and_keeps_logs(script, env, tmp_path):
     result = run_script(script, "--env", env, "--total-steps", "1000", cwd=tmp_path, launcher=True)
