@@ -301,7 +301,6 @@ if __name__ == "__main__":
             fail("--device gpu, but JAX finds no GPU here (install jax[cuda12], or use --device cpu)")
     else:
         jax.config.update("jax_platforms", "cpu")
-        jax.config.update("jax_cpu_enable_async_dispatch", False)  # the action is needed at once
         # XLA:CPU spreads the kernels of one call over a thread pool sized by the CPU affinity
         # at start-up; for nets this small the hand-offs cost more than they save (measured on
         # 2 cores: 110 -> 71 us a step), so JAX starts with one core and gives the rest back.
