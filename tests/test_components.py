@@ -1,5 +1,6 @@
 """Each piece of the scripts against an independent NumPy reference written here."""
 import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +18,8 @@ SCRIPTS = [stream_q, stream_sarsa, stream_ac_continuous, stream_ac_discrete]
 
 def to_np(params):
     """flax {'params': {'Dense_0': {'kernel', 'bias'}}} -> {'Dense_0/kernel': float64 array}."""
-    return {f"{layer}/{name}": np.array(v, np.float64) for layer, d in params["params"].items() for name, v in d.items()}
+    return {f"{layer}/{name}": np.array(v, np.float64)
+            for layer, d in params["params"].items() for name, v in d.items()}
 
 
 def from_np(flat):
@@ -82,7 +84,8 @@ def test_networks_match_numpy_forward_and_zero_bias():
     np.testing.assert_allclose(q_net.apply(from_np(p), x), expected, rtol=1e-4, atol=1e-4)
 
     actor = stream_ac_continuous.Actor(2, 16)
-    p = {k: np.random.default_rng(2).normal(size=v.shape) for k, v in to_np(actor.init(jax.random.PRNGKey(0), x)).items()}
+    p = to_np(actor.init(jax.random.PRNGKey(0), x))
+    p = {k: np.random.default_rng(2).normal(size=v.shape) for k, v in p.items()}
     h = np_mlp(hidden(p), x)
     mu, std = actor.apply(from_np(p), x)
     np.testing.assert_allclose(mu, h @ p["Dense_2/kernel"] + p["Dense_2/bias"], rtol=1e-4, atol=1e-4)
