@@ -87,19 +87,25 @@ def sparse_init(sparsity: float = 0.9):
     return init
 
 
+def hidden_layers(x, hidden_size: int):
+    """Two hidden layers, each dense -> LayerNorm (no scale or bias, over all units) -> leaky_relu(0.01).
+    Called inside an nn.compact method, so the layers belong to the calling module."""
+    for _ in range(2):
+        x = nn.Dense(hidden_size, kernel_init=sparse_init())(x)
+        x = nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x)
+        x = nn.leaky_relu(x, negative_slope=0.01)
+    return x
+
+
 class Actor(nn.Module):
-    """obs (obs_dim + 1,) float32 -> (mu, std), each (action_dim,) float32; std = softplus(.).
-    Each hidden layer is dense -> LayerNorm (no scale or bias, over all units) -> leaky_relu(0.01)."""
+    """obs (obs_dim + 1,) float32 -> (mu, std), each (action_dim,) float32; std = softplus(.)."""
 
     action_dim: int
     hidden_size: int = 128
 
     @nn.compact
     def __call__(self, x):
-        for _ in range(2):
-            x = nn.Dense(self.hidden_size, kernel_init=sparse_init())(x)
-            x = nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x)
-            x = nn.leaky_relu(x, negative_slope=0.01)
+        x = hidden_layers(x, self.hidden_size)
         mu = nn.Dense(self.action_dim, kernel_init=sparse_init())(x)
         return mu, nn.softplus(nn.Dense(self.action_dim, kernel_init=sparse_init())(x))
 
@@ -111,10 +117,7 @@ class Critic(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        for _ in range(2):
-            x = nn.Dense(self.hidden_size, kernel_init=sparse_init())(x)
-            x = nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x)
-            x = nn.leaky_relu(x, negative_slope=0.01)
+        x = hidden_layers(x, self.hidden_size)
         return nn.Dense(1, kernel_init=sparse_init())(x)[..., 0]
 
 
