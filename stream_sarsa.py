@@ -257,8 +257,10 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
     x = jnp.where(done > 0, reset_x, next_x)
     episode_step = jnp.where(done > 0, 0, state.episode_step + 1)
 
-    reset_action, _ = epsilon_greedy(q_network.apply(params, reset_x), jax.random.fold_in(key, 1), epsilon)
-    action = jnp.where(done > 0, reset_action, next_action)
+    def reset_action():  # a forward pass only needed, and only run, when the episode ended
+        return epsilon_greedy(q_network.apply(params, reset_x), jax.random.fold_in(key, 1), epsilon)[0]
+
+    action = jax.lax.cond(done > 0, reset_action, lambda: next_action)
     state = AgentState(params, eligibility_trace, obs_stats, reward_stats, reward_trace, x, action,
                        episode_step, global_step, state.key)
     return state, jnp.stack([action.astype(jnp.float32), delta])

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -116,10 +115,3 @@ def np_obgd(params, trace, grads, delta, reset, kappa, gamma, lamda, lr=1.0):
         trace = {k: np.zeros_like(z) for k, z in trace.items()}
     return params, trace
 
-
-@pytest.fixture
-def cpu_jax():
-    import jax
-
-    jax.config.update("jax_platforms", "cpu")
-    return jax
