@@ -12,14 +12,14 @@ sys.path.insert(0, ROOT)
 
 # Test-only envs, registered by a launcher that then runs a script unchanged (runpy).
 LAUNCHER = '''
-import runpy, sys
+import json, os, runpy, sys
 import gymnasium as gym
 import numpy as np
 
 class TestEnv(gym.Env):
-    """nan_after: reward becomes NaN after that many steps; image: (8, 8, 3) uint8 observations."""
-    def __init__(self, continuous=False, image=False, nan_after=None):
-        self.observation_space = (gym.spaces.Box(0, 255, (8, 8, 3), np.uint8) if image
+    """nan_after: reward becomes NaN after that many steps; image: an observation shape (uint8)."""
+    def __init__(self, continuous=False, image=None, nan_after=None):
+        self.observation_space = (gym.spaces.Box(0, 255, image, np.uint8) if image
                                   else gym.spaces.Box(-1.0, 1.0, (3,), np.float32))
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32) if continuous else gym.spaces.Discrete(2)
         self.nan_after, self.t = nan_after, 0
@@ -34,13 +34,62 @@ class TestEnv(gym.Env):
 gym.register("Test/Nan-v0", entry_point=TestEnv, kwargs=dict(nan_after=100), max_episode_steps=1000)
 gym.register("TestNanContinuous-v0", entry_point=TestEnv, kwargs=dict(continuous=True, nan_after=100),
              max_episode_steps=1000)
-gym.register("TestImage-v0", entry_point=TestEnv, kwargs=dict(image=True), max_episode_steps=1000)
+gym.register("TestImage-v0", entry_point=TestEnv, kwargs=dict(image=(8, 8, 3)), max_episode_steps=1000)
+gym.register("TestNanMinAtar-v0", entry_point=TestEnv, kwargs=dict(image=(10, 10, 4), nan_after=100),
+             max_episode_steps=1000)
+
+class FakeAle(gym.Env):
+    """An ALE game for AtariPreprocessing: 3 lives, one lost every 40 frames, reward 1 per frame
+    (NaN after nan_after frames); counts its resets."""
+    observation_space = gym.spaces.Box(0, 255, (210, 160, 3), np.uint8)
+    action_space = gym.spaces.Discrete(4)
+    _frameskip, resets, frame = 1, 0, 0
+    def __init__(self, nan_after=None):
+        self.ale, self.nan_after, self.frames = self, nan_after, 0  # AtariPreprocessing reads unwrapped.ale
+    def get_action_meanings(self):
+        return ["NOOP", "FIRE", "RIGHT", "LEFT"]
+    def lives(self):
+        return 3 - self.frame // 40
+    def getScreenGrayscale(self, out):
+        out[:] = self.frame
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        FakeAle.resets += 1
+        self.frame = 0
+        return np.zeros((210, 160, 3), np.uint8), {"lives": self.lives()}
+    def step(self, action):
+        self.frame, self.frames = self.frame + 1, self.frames + 1
+        reward = float("nan") if self.nan_after is not None and self.frames > self.nan_after else 1.0
+        return np.zeros((210, 160, 3), np.uint8), reward, self.lives() == 0, False, {"lives": self.lives()}
+
+gym.register("TestAle-v0", entry_point=FakeAle)
+gym.register("TestNanAle-v0", entry_point=FakeAle, kwargs=dict(nan_after=400))
+
+# RECORD_STEPS=FILE: write [done, game_over] of every call of stream_q_atari's train_step and the
+# number of env resets to FILE as JSON
+calls = []
+if os.environ.get("RECORD_STEPS"):
+    import jax
+    jit = jax.jit
+    def recording_jit(fun, **kwargs):
+        jitted = jit(fun, **kwargs)
+        def call(*args):
+            if len(args) == 6:  # train_step(state, next_obs, reward, done, reset_obs, game_over)
+                calls.append([bool(args[3]), bool(args[5])])
+            return jitted(*args)
+        return call
+    jax.jit = recording_jit
 sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    if os.environ.get("RECORD_STEPS"):
+        with open(os.environ["RECORD_STEPS"], "w") as f:
+            json.dump({"calls": calls, "resets": FakeAle.resets}, f)
 '''
 
 
-def run_script(script, *flags, cwd, launcher=False, timeout=900):
+def run_script(script, *flags, cwd, launcher=False, timeout=900, extra_env=None):
     """Run `python SCRIPT FLAGS` in cwd; returns the CompletedProcess (text)."""
     path = script if os.path.isabs(script) else os.path.join(ROOT, script)
     command = [sys.executable, path, *flags]
@@ -48,7 +97,7 @@ def run_script(script, *flags, cwd, launcher=False, timeout=900):
         with open(os.path.join(cwd, "launcher.py"), "w") as f:
             f.write(LAUNCHER)
         command = [sys.executable, os.path.join(cwd, "launcher.py"), path, *flags]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env = dict(os.environ, PYTHONWARNINGS="ignore", **(extra_env or {}))
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 

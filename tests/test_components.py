@@ -10,10 +10,13 @@ from conftest import np_layer_norm, np_mlp, np_obgd, numeric_grad
 import stream_ac_continuous
 import stream_ac_discrete
 import stream_q
+import stream_q_atari
+import stream_q_minatar
 import stream_sarsa
 
 jax.config.update("jax_platforms", "cpu")
-SCRIPTS = [stream_q, stream_sarsa, stream_ac_continuous, stream_ac_discrete]
+SCRIPTS = [stream_q, stream_sarsa, stream_ac_continuous, stream_ac_discrete]  # with a time feature
+ALL = SCRIPTS + [stream_q_minatar, stream_q_atari]
 
 
 def to_np(params):
@@ -34,7 +37,7 @@ def hidden(p, n=2):
     return [(p[f"Dense_{i}/kernel"], p[f"Dense_{i}/bias"]) for i in range(n)]
 
 
-@pytest.mark.parametrize("module", SCRIPTS)
+@pytest.mark.parametrize("module", ALL)
 @pytest.mark.parametrize("bound_active", [False, True])
 def test_obgd_one_step(module, bound_active):
     rng = np.random.default_rng(0)
@@ -60,7 +63,7 @@ def test_obgd_one_step(module, bound_active):
         assert not np.any(reset_trace[k])
 
 
-@pytest.mark.parametrize("module", SCRIPTS)
+@pytest.mark.parametrize("module", ALL)
 @pytest.mark.parametrize("shape", [(5, 32), (128, 6), (3, 3, 4, 16)])
 def test_sparse_init(module, shape):
     kernel = np.asarray(module.sparse_init(0.9)(jax.random.PRNGKey(1), shape))
@@ -117,7 +120,7 @@ def test_welford_observation_normaliser_over_a_stream(module):
         assert out[4] == pytest.approx(-0.5 + 7 / 10)  # time feature, not normalised
 
 
-@pytest.mark.parametrize("module", SCRIPTS)
+@pytest.mark.parametrize("module", ALL)
 def test_reward_scaler_over_a_stream(module):
     rng = np.random.default_rng(0)
     rewards, dones = rng.normal(1.0, 2.0, size=60), rng.random(60) < 0.1

@@ -27,3 +27,14 @@ def test_stream_ac_continuous_improves_on_halfcheetah(tmp_path):
     early = np.mean([value for step, value in returns if step <= 10_000])
     late = np.mean([value for step, value in returns if 80_000 < step <= 100_000])
     assert late - early >= 500, (early, late)
+
+
+@pytest.mark.slow
+def test_stream_q_minatar_learns_breakout(tmp_path):
+    # the PyTorch reference (150k-step run): 0.5 over the first 10k steps, about 4.7 over 80k-100k
+    result = run_script("stream_q_minatar.py", "--env", "MinAtar/Breakout-v1", "--total-steps", "100000",
+                        "--seed", "0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    returns = read_scalars(tmp_path)[0]["charts/episodic_return"]
+    late = np.mean([value for step, value in returns if 80_000 < step <= 100_000])
+    assert late >= 3.5, late
