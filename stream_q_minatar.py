@@ -96,7 +96,7 @@ def sparse_init(sparsity: float = 0.9):
 class QNetwork(nn.Module):
     """obs (..., 10, 10, C) float32 -> Q-values (..., n_actions) float32: conv 16 3x3 valid ->
     LayerNorm over all of 8x8x16 -> leaky_relu -> flatten (1024) -> dense -> LayerNorm ->
-    leaky_relu(0.01) -> dense. LayerNorms have no scale or bias. Source: SPEC/reference stream_q_minatar.py."""
+    leaky_relu(0.01) -> dense. LayerNorms have no scale or bias. Source: reference stream_q_minatar.py."""
 
     n_actions: int
     hidden_size: int = 128
