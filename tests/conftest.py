@@ -164,3 +164,19 @@ def np_obgd(params, trace, grads, delta, reset, kappa, gamma, lamda, lr=1.0):
         trace = {k: np.zeros_like(z) for k, z in trace.items()}
     return params, trace
 
+
+def to_np(params):
+    """flax {'params': {'Dense_0': {'kernel', 'bias'}}} -> {'Dense_0/kernel': float64 array}."""
+    return {f"{layer}/{name}": np.array(v, np.float64)
+            for layer, d in params["params"].items() for name, v in d.items()}
+
+
+def from_np(flat):
+    """The inverse of to_np: {'Dense_0/kernel': array} -> flax params of float32 arrays."""
+    import jax.numpy as jnp
+
+    out = {}
+    for key, value in flat.items():
+        layer, name = key.split("/")
+        out.setdefault(layer, {})[name] = jnp.asarray(value, jnp.float32)
+    return {"params": out}

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import np_layer_norm, np_mlp, np_obgd, numeric_grad
+from conftest import from_np, np_layer_norm, np_mlp, np_obgd, numeric_grad, to_np
 
 import stream_ac_continuous
 import stream_ac_discrete
@@ -17,20 +17,6 @@ import stream_sarsa
 jax.config.update("jax_platforms", "cpu")
 SCRIPTS = [stream_q, stream_sarsa, stream_ac_continuous, stream_ac_discrete]  # with a time feature
 ALL = SCRIPTS + [stream_q_minatar, stream_q_atari]
-
-
-def to_np(params):
-    """flax {'params': {'Dense_0': {'kernel', 'bias'}}} -> {'Dense_0/kernel': float64 array}."""
-    return {f"{layer}/{name}": np.array(v, np.float64)
-            for layer, d in params["params"].items() for name, v in d.items()}
-
-
-def from_np(flat):
-    out = {}
-    for key, value in flat.items():
-        layer, name = key.split("/")
-        out.setdefault(layer, {})[name] = jnp.asarray(value, jnp.float32)
-    return {"params": out}
 
 
 def hidden(p, n=2):

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import np_layer_norm, np_obgd, numeric_grad
+from conftest import from_np, np_layer_norm, np_obgd, numeric_grad, to_np
 
 import stream_q_atari
 import stream_q_minatar
@@ -36,19 +36,6 @@ def np_q(p, x, strides):
         x = leaky_relu(np_layer_norm(np_conv(x, p[f"Conv_{i}/kernel"], p[f"Conv_{i}/bias"], stride)))
     x = leaky_relu(np_layer_norm(x.reshape(-1) @ p["Dense_0/kernel"] + p["Dense_0/bias"]))
     return x @ p["Dense_1/kernel"] + p["Dense_1/bias"]
-
-
-def to_np(params):
-    return {f"{layer}/{name}": np.array(v, np.float64)
-            for layer, d in params["params"].items() for name, v in d.items()}
-
-
-def from_np(flat):
-    out = {}
-    for key, value in flat.items():
-        layer, name = key.split("/")
-        out.setdefault(layer, {})[name] = jnp.asarray(value, jnp.float32)
-    return {"params": out}
 
 
 def random_params(module, hidden_size, seed=1, scale=0.3):
