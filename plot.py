@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 import tyro
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -72,13 +73,18 @@ def nice_window(longest: float) -> float:
 def bin_runs(runs, window: float):
     """runs: list of (x, values) float arrays, one pair per run; window > 0 (x units).
     Window k covers ((k-1)*window, k*window]; a run's value there is the mean of its values whose
-    x falls in it. Returns (centres, mean over runs, standard error across runs (ddof 1, 0 for one
-    run), number of runs) as float64 arrays over the windows where at least one run has a value."""
+    x falls in it or, if none does, its value in the last window before that had one (a long
+    episode spans several windows); before its first value a run does not count. Returns (centres,
+    mean over runs, standard error across runs (ddof 1, 0 for one run), number of runs) as float64
+    arrays over the windows from the first with a value to the last."""
     per_run = []
     for x, values in runs:
         bins = np.maximum(np.ceil(x / window), 1).astype(int)
         per_run.append({b: values[bins == b].mean() for b in np.unique(bins)})
-    windows = sorted(set().union(*per_run))
+    windows = range(min(min(run) for run in per_run), max(max(run) for run in per_run) + 1)
+    for run in per_run:  # carry each run's last value forward through the windows without one
+        for b in range(min(run) + 1, windows[-1] + 1):
+            run.setdefault(b, run[b - 1])
     table = [[run[b] for run in per_run if b in run] for b in windows]
     mean = np.array([np.mean(v) for v in table])
     n = np.array([len(v) for v in table])
@@ -121,6 +127,7 @@ if __name__ == "__main__":
             ax.fill_between(centres, mean - stderr, mean + stderr, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_title(env)
         ax.set_xlabel("global step" if args.x == "step" else "wall-clock seconds")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter())  # 200k, not 200000
         ax.set_ylabel(args.tag.split("/")[-1].replace("_", " "))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
