@@ -1,5 +1,5 @@
 """Learning checks: real runs as a user would start them, judged from their TensorBoard logs.
-Marked slow (about 2 minutes on 2 cores); CI runs them."""
+Marked slow (about 3 minutes on 2 cores); CI runs them."""
 import numpy as np
 import pytest
 from conftest import read_scalars, run_script
