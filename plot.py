@@ -103,8 +103,7 @@ if __name__ == "__main__":
         fail(f"--x must be one of step, wall; got {args.x!r}")
     if args.window is not None and args.window <= 0:
         fail(f"--window must be positive, got {args.window}")
-    folders = sorted({os.path.dirname(os.path.join(root, f)) for root, _, files in os.walk(args.runs_dir)
-                      for f in files if "tfevents" in f})
+    folders = sorted(root for root, _, files in os.walk(args.runs_dir) if any("tfevents" in f for f in files))
     if not folders:
         fail(f"no TensorBoard runs under --runs-dir {args.runs_dir}")
     panels = defaultdict(lambda: defaultdict(list))  # env -> script -> [(x, values)]

@@ -126,11 +126,10 @@ def atari_setup(hidden_size=4):
 
 
 def test_atari_act_keeps_q_and_the_gradient_of_the_action_it_picks():
-    args, kw, _, state = atari_setup()
-    _, p = random_params(stream_q_atari, 4, scale=0.1)
+    net, p = random_params(stream_q_atari, 4, scale=0.1)
     x = np.random.default_rng(5).normal(size=(84, 84, 4))
     for epsilon, key in ((0.0, 0), (1.0, 1), (1.0, 2)):
-        action, _, q_value, grads = stream_q_atari.act(kw["q_network"], from_np(p), jnp.asarray(x, jnp.float32),
+        action, _, q_value, grads = stream_q_atari.act(net, from_np(p), jnp.asarray(x, jnp.float32),
                                                        jax.random.PRNGKey(key), epsilon)
         q = np_q(p, x, (5, 3, 2))
         assert float(q_value) == pytest.approx(q[int(action)], rel=1e-3, abs=1e-3)
