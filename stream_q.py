@@ -8,6 +8,7 @@ arXiv 2410.14606 (Algorithm "Stream Q(λ)"); reference code github.com/mohmdelsa
 - running statistics are float32 (the reference uses float64);
 - the env is seeded on the first reset and its action space is seeded too.
 """
+import ctypes
 import math
 import os
 import random
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tyro
+from jax.flatten_util import ravel_pytree
 from tensorboardX import SummaryWriter
 
 
@@ -152,7 +154,8 @@ def obgd(params, eligibility_trace, grads, delta, reset, *, kappa, gamma, lamda,
 
     z <- gamma*lamda*z + g;  M = lr*kappa*max(|delta|,1)*sum|z|;  theta <- theta - lr/max(M,1)*delta*z;
     then z <- 0 where reset. params, eligibility_trace, grads: pytrees of float32 arrays of equal
-    shapes; delta: scalar TD error; reset: scalar bool. Returns (params, eligibility_trace).
+    shapes (or one flat vector each); delta: scalar TD error; reset: scalar bool.
+    Returns (params, eligibility_trace).
     """
     eligibility_trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, eligibility_trace, grads)
     z_sum = sum(jnp.abs(z).sum() for z in jax.tree.leaves(eligibility_trace))
@@ -171,8 +174,8 @@ def linear_schedule(start_e: float, end_e: float, duration: float, t):
 class AgentState(NamedTuple):
     """Everything the jitted step reads and writes; donated, so it never leaves the device."""
 
-    params: dict
-    eligibility_trace: dict
+    params: jax.Array  # the network's weights as one flat vector, float32; unravel(params) is Flax's dict
+    eligibility_trace: jax.Array  # same shape as params
     obs_stats: RunningStats
     reward_stats: RunningStats
     reward_trace: jax.Array  # discounted sum of raw rewards, for reward scaling
@@ -194,18 +197,16 @@ def epsilon_greedy(q_values, key, epsilon):
 
 
 # ALGO LOGIC: the first observation
-def start(key, obs, *, q_network, args: Args, max_episode_steps: int):
-    """Initialise the agent on the reset observation obs (obs_dim,) and pick the first action.
-    Returns (AgentState, out) with out = [action, 0.0] float32, as from train_step."""
-    key_init, key = jax.random.split(key)
-    params = q_network.init(key_init, jnp.zeros(obs.shape[-1] + 1))
+def start(params, key, obs, *, q_network, unravel, args: Args, max_episode_steps: int):
+    """Initialise the agent with flat weights params on the reset observation obs (obs_dim,) and
+    pick the first action. Returns (AgentState, out) with out = [action, 0.0] float32, as from train_step."""
     zeros = RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), jnp.float32(0.0))
     obs_stats, x = observe(zeros, obs, 0, max_episode_steps)
     epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_steps, 1)
-    action, nongreedy = epsilon_greedy(q_network.apply(params, x), jax.random.fold_in(key, 0), epsilon)
+    action, nongreedy = epsilon_greedy(q_network.apply(unravel(params), x), jax.random.fold_in(key, 0), epsilon)
     state = AgentState(
         params=params,
-        eligibility_trace=jax.tree.map(jnp.zeros_like, params),
+        eligibility_trace=jnp.zeros_like(params),
         obs_stats=obs_stats,
         reward_stats=RunningStats(jnp.float32(0.0), jnp.float32(0.0), jnp.float32(0.0)),
         reward_trace=jnp.float32(0.0),
@@ -220,7 +221,8 @@ def start(key, obs, *, q_network, args: Args, max_episode_steps: int):
 
 
 # ALGO LOGIC: one environment step
-def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_network, args: Args, max_episode_steps: int):
+def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_network, unravel, args: Args,
+               max_episode_steps: int):
     """Learn from the transition (state.obs, state.action, reward, next_obs, done), then pick
     the action for the next observation: next_obs, or reset_obs when the episode ended.
 
@@ -235,7 +237,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
 
     # TD error with the pre-update weights; g = grad of -q(s, a)
     def td_terms(params):
-        q_values = q_network.apply(params, jnp.stack([state.obs, next_x]))  # s and s' in one pass
+        q_values = q_network.apply(unravel(params), jnp.stack([state.obs, next_x]))  # s and s' in one pass
         return -q_values[0, state.action], q_values[1].max()
 
     (neg_q, next_q), grads = jax.value_and_grad(td_terms, has_aux=True)(state.params)
@@ -254,7 +256,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
     global_step = state.global_step + 1
     epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_steps, global_step + 1)
     key = jax.random.fold_in(state.key, global_step)  # a fresh key per step, no key to carry
-    action, nongreedy = epsilon_greedy(q_network.apply(params, x), key, epsilon)
+    action, nongreedy = epsilon_greedy(q_network.apply(unravel(params), x), key, epsilon)
     state = AgentState(params, eligibility_trace, obs_stats, reward_stats, reward_trace, x, action, nongreedy,
                        episode_step, global_step, state.key)
     return state, jnp.stack([action.astype(jnp.float32), delta])
@@ -278,14 +280,15 @@ if __name__ == "__main__":
             fail("--device gpu, but JAX finds no GPU here (install jax[cuda12], or use --device cpu)")
     else:
         jax.config.update("jax_platforms", "cpu")
-        # XLA:CPU spreads the kernels of one call over a thread pool sized by the CPU affinity
-        # at start-up; for nets this small the hand-offs cost more than they save (measured on
-        # 2 cores: 110 -> 71 us a step), so JAX starts with one core and gives the rest back.
+        # For nets this small, XLA:CPU's hand-offs between threads cost more than the kernels:
+        # run each call in this thread (the action is needed at once anyway), schedule its
+        # kernels as one chain, and keep every thread JAX starts on the core this run is on
+        # (the OS starts parallel runs on different cores). See README, Speed.
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
         if hasattr(os, "sched_setaffinity"):
-            cpus = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, {min(cpus)})
-            jax.devices()
-            os.sched_setaffinity(0, cpus)
+            os.sched_setaffinity(0, {ctypes.CDLL(None).sched_getcpu()})
 
     try:
         env = make_env(args.env)
@@ -312,10 +315,13 @@ if __name__ == "__main__":
 
     # One jitted call per env step: it updates on the transition just seen and returns the
     # next action. The state is donated (updated in place); the only host transfer is `out`.
-    kwargs = dict(q_network=QNetwork(env.action_space.n, args.hidden_size), args=args,
-                  max_episode_steps=env.spec.max_episode_steps)
+    # The weights live in one flat vector, as ObGD sees them: one buffer in and out per call.
+    q_network = QNetwork(env.action_space.n, args.hidden_size)
+    key_init, key = jax.random.split(key)
+    params, unravel = ravel_pytree(q_network.init(key_init, np.zeros(env.observation_space.shape[0] + 1, np.float32)))
+    kwargs = dict(q_network=q_network, unravel=unravel, args=args, max_episode_steps=env.spec.max_episode_steps)
     step_fn = jax.jit(partial(train_step, **kwargs), donate_argnums=0)
-    state, out = jax.jit(partial(start, **kwargs))(key, np.asarray(obs, np.float32))
+    state, out = jax.jit(partial(start, **kwargs))(params, key, np.asarray(obs, np.float32))
     action = int(out[0])
 
     start_time = time.time()

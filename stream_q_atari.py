@@ -14,6 +14,7 @@ so charts/episodic_return is the full-game score. Deliberate differences from th
 - running statistics are float32 (the reference uses float64);
 - the env is seeded on the first reset and its action space is seeded too.
 """
+import ctypes
 import math
 import os
 import random
@@ -181,7 +182,8 @@ def obgd(params, eligibility_trace, grads, delta, reset, *, kappa, gamma, lamda,
 
     z <- gamma*lamda*z + g;  M = lr*kappa*max(|delta|,1)*sum|z|;  theta <- theta - lr/max(M,1)*delta*z;
     then z <- 0 where reset. params, eligibility_trace, grads: pytrees of float32 arrays of equal
-    shapes; delta: scalar TD error; reset: scalar bool. Returns (params, eligibility_trace).
+    shapes (or one flat vector each); delta: scalar TD error; reset: scalar bool.
+    Returns (params, eligibility_trace).
     """
     eligibility_trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, eligibility_trace, grads)
     z_sum = sum(jnp.abs(z).sum() for z in jax.tree.leaves(eligibility_trace))
@@ -319,14 +321,15 @@ if __name__ == "__main__":
             fail("--device gpu, but JAX finds no GPU here (install jax[cuda12], or use --device cpu)")
     else:
         jax.config.update("jax_platforms", "cpu")
-        # XLA:CPU spreads the kernels of one call over a thread pool sized by the CPU affinity
-        # at start-up; for nets this small the hand-offs cost more than they save (measured on
-        # 2 cores: 110 -> 71 us a step), so JAX starts with one core and gives the rest back.
+        # For nets this small, XLA:CPU's hand-offs between threads cost more than the kernels:
+        # run each call in this thread (the action is needed at once anyway), schedule its
+        # kernels as one chain, and keep every thread JAX starts on the core this run is on
+        # (the OS starts parallel runs on different cores). See README, Speed.
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
         if hasattr(os, "sched_setaffinity"):
-            cpus = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, {min(cpus)})
-            jax.devices()
-            os.sched_setaffinity(0, cpus)
+            os.sched_setaffinity(0, {ctypes.CDLL(None).sched_getcpu()})
 
     try:
         env = make_env(args.env)
