@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tyro
-from jax.flatten_util import ravel_pytree
 from tensorboardX import SummaryWriter
 
 
@@ -154,8 +153,7 @@ def obgd(params, eligibility_trace, grads, delta, reset, *, kappa, gamma, lamda,
 
     z <- gamma*lamda*z + g;  M = lr*kappa*max(|delta|,1)*sum|z|;  theta <- theta - lr/max(M,1)*delta*z;
     then z <- 0 where reset. params, eligibility_trace, grads: pytrees of float32 arrays of equal
-    shapes (or one flat vector each); delta: scalar TD error; reset: scalar bool.
-    Returns (params, eligibility_trace).
+    shapes; delta: scalar TD error; reset: scalar bool. Returns (params, eligibility_trace).
     """
     eligibility_trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, eligibility_trace, grads)
     z_sum = sum(jnp.abs(z).sum() for z in jax.tree.leaves(eligibility_trace))
@@ -174,8 +172,8 @@ def linear_schedule(start_e: float, end_e: float, duration: float, t):
 class AgentState(NamedTuple):
     """Everything the jitted step reads and writes; donated, so it never leaves the device."""
 
-    params: jax.Array  # the network's weights as one flat vector, float32; unravel(params) is Flax's dict
-    eligibility_trace: jax.Array  # same shape as params
+    params: dict
+    eligibility_trace: dict
     obs_stats: RunningStats
     reward_stats: RunningStats
     reward_trace: jax.Array  # discounted sum of raw rewards, for reward scaling
@@ -197,16 +195,18 @@ def epsilon_greedy(q_values, key, epsilon):
 
 
 # ALGO LOGIC: the first observation
-def start(params, key, obs, *, q_network, unravel, args: Args, max_episode_steps: int):
-    """Initialise the agent with flat weights params on the reset observation obs (obs_dim,) and
-    pick the first action. Returns (AgentState, out) with out = [action, 0.0] float32, as from train_step."""
+def start(key, obs, *, q_network, args: Args, max_episode_steps: int):
+    """Initialise the agent on the reset observation obs (obs_dim,) and pick the first action.
+    Returns (AgentState, out) with out = [action, 0.0] float32, as from train_step."""
+    key_init, key = jax.random.split(key)
+    params = q_network.init(key_init, jnp.zeros(obs.shape[-1] + 1))
     zeros = RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), jnp.float32(0.0))
     obs_stats, x = observe(zeros, obs, 0, max_episode_steps)
     epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_steps, 1)
-    action, nongreedy = epsilon_greedy(q_network.apply(unravel(params), x), jax.random.fold_in(key, 0), epsilon)
+    action, nongreedy = epsilon_greedy(q_network.apply(params, x), jax.random.fold_in(key, 0), epsilon)
     state = AgentState(
         params=params,
-        eligibility_trace=jnp.zeros_like(params),
+        eligibility_trace=jax.tree.map(jnp.zeros_like, params),
         obs_stats=obs_stats,
         reward_stats=RunningStats(jnp.float32(0.0), jnp.float32(0.0), jnp.float32(0.0)),
         reward_trace=jnp.float32(0.0),
@@ -221,8 +221,7 @@ def start(params, key, obs, *, q_network, unravel, args: Args, max_episode_steps
 
 
 # ALGO LOGIC: one environment step
-def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_network, unravel, args: Args,
-               max_episode_steps: int):
+def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_network, args: Args, max_episode_steps: int):
     """Learn from the transition (state.obs, state.action, reward, next_obs, done), then pick
     the action for the next observation: next_obs, or reset_obs when the episode ended.
 
@@ -237,7 +236,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
 
     # TD error with the pre-update weights; g = grad of -q(s, a)
     def td_terms(params):
-        q_values = q_network.apply(unravel(params), jnp.stack([state.obs, next_x]))  # s and s' in one pass
+        q_values = q_network.apply(params, jnp.stack([state.obs, next_x]))  # s and s' in one pass
         return -q_values[0, state.action], q_values[1].max()
 
     (neg_q, next_q), grads = jax.value_and_grad(td_terms, has_aux=True)(state.params)
@@ -256,7 +255,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
     global_step = state.global_step + 1
     epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_steps, global_step + 1)
     key = jax.random.fold_in(state.key, global_step)  # a fresh key per step, no key to carry
-    action, nongreedy = epsilon_greedy(q_network.apply(unravel(params), x), key, epsilon)
+    action, nongreedy = epsilon_greedy(q_network.apply(params, x), key, epsilon)
     state = AgentState(params, eligibility_trace, obs_stats, reward_stats, reward_trace, x, action, nongreedy,
                        episode_step, global_step, state.key)
     return state, jnp.stack([action.astype(jnp.float32), delta])
@@ -315,13 +314,10 @@ if __name__ == "__main__":
 
     # One jitted call per env step: it updates on the transition just seen and returns the
     # next action. The state is donated (updated in place); the only host transfer is `out`.
-    # The weights live in one flat vector, as ObGD sees them: one buffer in and out per call.
-    q_network = QNetwork(env.action_space.n, args.hidden_size)
-    key_init, key = jax.random.split(key)
-    params, unravel = ravel_pytree(q_network.init(key_init, np.zeros(env.observation_space.shape[0] + 1, np.float32)))
-    kwargs = dict(q_network=q_network, unravel=unravel, args=args, max_episode_steps=env.spec.max_episode_steps)
+    kwargs = dict(q_network=QNetwork(env.action_space.n, args.hidden_size), args=args,
+                  max_episode_steps=env.spec.max_episode_steps)
     step_fn = jax.jit(partial(train_step, **kwargs), donate_argnums=0)
-    state, out = jax.jit(partial(start, **kwargs))(params, key, np.asarray(obs, np.float32))
+    state, out = jax.jit(partial(start, **kwargs))(key, np.asarray(obs, np.float32))
     action = int(out[0])
 
     start_time = time.time()

@@ -161,8 +161,7 @@ def obgd(params, eligibility_trace, grads, delta, reset, *, kappa, gamma, lamda,
 
     z <- gamma*lamda*z + g;  M = lr*kappa*max(|delta|,1)*sum|z|;  theta <- theta - lr/max(M,1)*delta*z;
     then z <- 0 where reset. params, eligibility_trace, grads: pytrees of float32 arrays of equal
-    shapes (or one flat vector each); delta: scalar TD error; reset: scalar bool.
-    Returns (params, eligibility_trace).
+    shapes; delta: scalar TD error; reset: scalar bool. Returns (params, eligibility_trace).
     """
     eligibility_trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, eligibility_trace, grads)
     z_sum = sum(jnp.abs(z).sum() for z in jax.tree.leaves(eligibility_trace))
