@@ -367,9 +367,9 @@ if __name__ == "__main__":
         game_over = terminated or truncated
         done = game_over or info["lives"] < lives  # a lost life ends the episode for learning only
         lives = info["lives"]
-        reset_obs = env.reset()[0] if game_over else next_obs
-        state, out = step_fn(state, np.asarray(next_obs, np.float32), np.float32(reward), done,
-                             np.asarray(reset_obs, np.float32), game_over)
+        next_obs = np.asarray(next_obs, np.float32)
+        reset_obs = np.asarray(env.reset()[0], np.float32) if game_over else next_obs
+        state, out = step_fn(state, next_obs, np.float32(reward), done, reset_obs, game_over)
         action, delta = out.tolist()
         action = int(action)
         if not math.isfinite(delta):

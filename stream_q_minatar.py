@@ -329,9 +329,9 @@ if __name__ == "__main__":
     for global_step in range(1, args.total_steps + 1):
         next_obs, reward, terminated, truncated, info = env.step(action)
         done = terminated or truncated
-        reset_obs = env.reset()[0] if done else next_obs
-        state, out = step_fn(state, np.asarray(next_obs, np.float32), np.float32(reward), done,
-                             np.asarray(reset_obs, np.float32))
+        next_obs = np.asarray(next_obs, np.float32)
+        reset_obs = np.asarray(env.reset()[0], np.float32) if done else next_obs
+        state, out = step_fn(state, next_obs, np.float32(reward), done, reset_obs)
         action, delta = out.tolist()
         action = int(action)
         if not math.isfinite(delta):
