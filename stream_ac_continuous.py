@@ -39,6 +39,10 @@ class Args:
     """where JAX runs: cpu or gpu"""
     debug: bool = False
     """print one line per episode"""
+    num_seeds: int = 1
+    """independent agents run in this process, with seeds seed, seed+1, ..., each in its own run folder"""
+    vectorization_mode: str = "sync"
+    """how the agents' envs step: sync (in this process) or async (one worker process each)"""
 
     # Algorithm specific arguments
     env: str = "HalfCheetah-v5"
@@ -65,6 +69,12 @@ def make_env(env_id: str) -> gym.Env:
     """Env with its default time limit and episode statistics."""
     env = gym.make(env_id)
     return gym.wrappers.RecordEpisodeStatistics(env)
+
+
+def leaky_relu(x):
+    """leaky_relu(0.01) with torch's gradient 0.01 at exactly 0 (jax.nn.leaky_relu's is 1): after
+    sparse init a small fan_in zeroes every input weight, so first-layer units start at exactly 0."""
+    return jnp.where(x > 0, x, 0.01 * x)
 
 
 def sparse_init(sparsity: float = 0.9):
@@ -94,7 +104,7 @@ def hidden_layers(x, hidden_size: int):
     for _ in range(2):
         x = nn.Dense(hidden_size, kernel_init=sparse_init())(x)
         x = nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x)
-        x = nn.leaky_relu(x, negative_slope=0.01)
+        x = leaky_relu(x)
     return x
 
 
@@ -300,8 +310,30 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     if args.total_steps <= 0:
         fail(f"--total-steps must be a positive integer, got {args.total_steps}")
+    if args.num_seeds <= 0:
+        fail(f"--num-seeds must be a positive integer, got {args.num_seeds}")
+    if args.vectorization_mode not in ("sync", "async"):
+        fail(f"--vectorization-mode must be one of sync, async; got {args.vectorization_mode!r}")
     if args.device not in ("cpu", "gpu"):
         fail(f"--device must be one of cpu, gpu; got {args.device!r}")
+
+    # One env per agent; made before JAX starts, so async workers fork from a process without its
+    # threads and are not pinned to this run's core. SAME_STEP autoreset: after a terminal step the
+    # returned observation is the reset one and info["final_obs"] the terminal one.
+    seeds = [args.seed + i for i in range(args.num_seeds)]
+    vector_env = gym.vector.AsyncVectorEnv if args.vectorization_mode == "async" else gym.vector.SyncVectorEnv
+    try:
+        envs = vector_env([partial(make_env, args.env)] * args.num_seeds,
+                          autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    except gym.error.Error as e:
+        fail(f"--env {args.env!r} cannot be made: {str(e).splitlines()[0]}")
+    if not (isinstance(envs.single_action_space, gym.spaces.Box) and len(envs.single_action_space.shape) == 1):
+        fail(f"{args.exp_name}.py needs a flat Box (continuous) action space; --env {args.env} has "
+             f"{envs.single_action_space}")
+    if not (isinstance(envs.single_observation_space, gym.spaces.Box)
+            and len(envs.single_observation_space.shape) == 1):
+        fail(f"{args.exp_name}.py needs a flat Box observation; --env {args.env} has {envs.single_observation_space}")
+
     if args.device == "gpu":
         try:
             jax.config.update("jax_default_device", jax.devices("gpu")[0])
@@ -319,61 +351,66 @@ if __name__ == "__main__":
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, {ctypes.CDLL(None).sched_getcpu()})
 
-    try:
-        env = make_env(args.env)
-    except gym.error.Error as e:
-        fail(f"--env {args.env!r} cannot be made: {str(e).splitlines()[0]}")
-    if not (isinstance(env.action_space, gym.spaces.Box) and len(env.action_space.shape) == 1):
-        fail(f"{args.exp_name}.py needs a flat Box (continuous) action space; --env {args.env} has {env.action_space}")
-    if not (isinstance(env.observation_space, gym.spaces.Box) and len(env.observation_space.shape) == 1):
-        fail(f"{args.exp_name}.py needs a flat Box observation; --env {args.env} has {env.observation_space}")
-
-    run_name = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', args.env)}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
-    )
+    run_names = [f"{re.sub(r'[^A-Za-z0-9_.-]', '_', args.env)}__{args.exp_name}__{seed}__{int(time.time())}"
+                 for seed in seeds]
+    writers = [SummaryWriter(f"runs/{run_name}") for run_name in run_names]
+    for writer, seed in zip(writers, seeds):
+        writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in
+                                                     dict(vars(args), seed=seed).items()])),
+        )
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
-    key = jax.random.PRNGKey(args.seed)
-    env.action_space.seed(args.seed)
-    obs, _ = env.reset(seed=args.seed)
+    keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])  # each agent's key from its own seed
+    envs.action_space.seed(args.seed)
+    obs, _ = envs.reset(seed=seeds)
 
-    # One jitted call per env step: it updates on the transition just seen and returns the
-    # next action. The state is donated (updated in place); the only host transfer is `out`.
-    low, high = env.action_space.low, env.action_space.high
-    kwargs = dict(actor=Actor(env.action_space.shape[0], args.hidden_size), critic=Critic(args.hidden_size),
-                  args=args, max_episode_steps=env.spec.max_episode_steps, low=low, high=high)
-    step_fn = jax.jit(partial(train_step, **kwargs), donate_argnums=0)
-    state, out = jax.jit(partial(start, **kwargs))(key, np.asarray(obs, np.float32))
-    action = np.asarray(out[:-1])
+    # One jitted call per env step for all agents: it updates each agent on the transition it just
+    # saw and returns its next action. jax.vmap batches the agents, so they share the call's fixed
+    # cost; the state is donated (updated in place); the only host transfer is `out`.
+    low, high = envs.single_action_space.low, envs.single_action_space.high
+    kwargs = dict(actor=Actor(envs.single_action_space.shape[0], args.hidden_size), critic=Critic(args.hidden_size),
+                  args=args, max_episode_steps=envs.get_attr("spec")[0].max_episode_steps, low=low, high=high)
+    step_fn = jax.jit(jax.vmap(partial(train_step, **kwargs)), donate_argnums=0)
+    state, out = jax.jit(jax.vmap(partial(start, **kwargs)))(keys, np.asarray(obs, np.float32))
+    action = np.asarray(out)[:, :-1]
 
     start_time = time.time()
-    for global_step in range(1, args.total_steps + 1):
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        done = terminated or truncated
-        next_obs = np.asarray(next_obs, np.float32)
-        reset_obs = np.asarray(env.reset()[0], np.float32) if done else next_obs
-        state, out = step_fn(state, next_obs, np.float32(reward), done, reset_obs)
-        out = np.asarray(out)
-        action, delta = out[:-1], out[-1]
-        if not math.isfinite(delta):
+    try:
+        for global_step in range(1, args.total_steps + 1):
+            obs, reward, terminated, truncated, info = envs.step(action)
+            done = terminated | truncated
+            reset_obs = np.asarray(obs, np.float32)  # where an episode ended, the reset observation
+            next_obs = reset_obs.copy() if done.any() else reset_obs
+            for i in np.flatnonzero(done):
+                next_obs[i] = info["final_obs"][i]
+            state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs)
+            out = np.asarray(out)
+            action, delta = out[:, :-1], out[:, -1]
+            if not np.isfinite(delta).all():
+                i = np.flatnonzero(~np.isfinite(delta))[0]
+                fail(f"non-finite TD error at global_step={global_step} for seed {seeds[i]}; "
+                     f"logs so far are in runs/{run_names[i]}")
+
+            for i in np.flatnonzero(done):
+                episodic_return = float(info["final_info"]["episode"]["r"][i])
+                episodic_length = int(info["final_info"]["episode"]["l"][i])
+                writers[i].add_scalar("charts/episodic_return", episodic_return, global_step)
+                writers[i].add_scalar("charts/episodic_length", episodic_length, global_step)
+                if args.debug:
+                    print(f"seed={seeds[i]}, global_step={global_step}, episodic_return={episodic_return:.1f}, "
+                          f"episodic_length={episodic_length}")
+            if global_step % 5000 == 0:
+                for writer in writers:
+                    writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
+    except KeyboardInterrupt:
+        fail(f"interrupted at global_step={global_step}; logs so far are in runs/")
+    finally:
+        envs.close()
+        for writer in writers:
             writer.close()
-            fail(f"non-finite TD error at global_step={global_step}; logs so far are in runs/{run_name}")
-
-        if done:
-            episodic_return, episodic_length = float(info["episode"]["r"]), int(info["episode"]["l"])
-            writer.add_scalar("charts/episodic_return", episodic_return, global_step)
-            writer.add_scalar("charts/episodic_length", episodic_length, global_step)
-            if args.debug:
-                print(f"global_step={global_step}, episodic_return={episodic_return:.1f}, "
-                      f"episodic_length={episodic_length}")
-        if global_step % 5000 == 0:
-            writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
-
-    env.close()
-    writer.close()
-    print(f"finished {args.total_steps} steps in {time.time() - start_time:.0f} s; logs in runs/{run_name}")
+    print(f"finished {args.total_steps} steps of {args.num_seeds} agent(s) in {time.time() - start_time:.0f} s; "
+          f"logs in runs/{run_names[0]}" + (f" and {args.num_seeds - 1} more" if args.num_seeds > 1 else ""))
