@@ -12,26 +12,30 @@ sys.path.insert(0, ROOT)
 
 # Test-only envs, registered by a launcher that then runs a script unchanged (runpy).
 LAUNCHER = '''
-import json, os, runpy, sys
+import os, runpy, sys
 import gymnasium as gym
 import numpy as np
 
 class TestEnv(gym.Env):
-    """nan_after: reward becomes NaN after that many steps; image: an observation shape (uint8)."""
-    def __init__(self, continuous=False, image=None, nan_after=None):
+    """nan_after: reward becomes NaN after that many steps (only in the env first reset with
+    nan_seed, if given); image: an observation shape (uint8)."""
+    def __init__(self, continuous=False, image=None, nan_after=None, nan_seed=None):
         self.observation_space = (gym.spaces.Box(0, 255, image, np.uint8) if image
                                   else gym.spaces.Box(-1.0, 1.0, (3,), np.float32))
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32) if continuous else gym.spaces.Discrete(2)
-        self.nan_after, self.t = nan_after, 0
+        self.nan_after, self.nan_seed, self.t, self.seed = nan_after, nan_seed, 0, None
     def reset(self, seed=None, options=None):
         super().reset(seed=seed)
+        self.seed = seed if self.seed is None else self.seed
         return self.observation_space.sample(), {}
     def step(self, action):
         self.t += 1
-        reward = float("nan") if self.nan_after is not None and self.t > self.nan_after else 1.0
+        nan = self.nan_after is not None and self.t > self.nan_after and self.nan_seed in (None, self.seed)
+        reward = float("nan") if nan else 1.0
         return self.observation_space.sample(), reward, self.t % 20 == 0, False, {}
 
 gym.register("Test/Nan-v0", entry_point=TestEnv, kwargs=dict(nan_after=100), max_episode_steps=1000)
+gym.register("Test/NanSeed1-v0", entry_point=TestEnv, kwargs=dict(nan_after=100, nan_seed=1), max_episode_steps=1000)
 gym.register("TestNanContinuous-v0", entry_point=TestEnv, kwargs=dict(continuous=True, nan_after=100),
              max_episode_steps=1000)
 gym.register("TestImage-v0", entry_point=TestEnv, kwargs=dict(image=(8, 8, 3)), max_episode_steps=1000)
@@ -65,17 +69,16 @@ class FakeAle(gym.Env):
 gym.register("TestAle-v0", entry_point=FakeAle)
 gym.register("TestNanAle-v0", entry_point=FakeAle, kwargs=dict(nan_after=400))
 
-# RECORD_STEPS=FILE: write [done, game_over] of every call of stream_q_atari's train_step and the
-# number of env resets to FILE as JSON
+# RECORD_CALLS=FILE: pickle the arguments after the first (the state, or the keys) of every call
+# of a jitted function, as NumPy arrays, and the number of TestAle resets, to FILE
 calls = []
-if os.environ.get("RECORD_STEPS"):
+if os.environ.get("RECORD_CALLS"):
     import jax
     jit = jax.jit
     def recording_jit(fun, **kwargs):
         jitted = jit(fun, **kwargs)
         def call(*args):
-            if len(args) == 6:  # train_step(state, next_obs, reward, done, reset_obs, game_over)
-                calls.append([bool(args[3]), bool(args[5])])
+            calls.append([np.array(a) for a in args[1:]])
             return jitted(*args)
         return call
     jax.jit = recording_jit
@@ -83,9 +86,10 @@ sys.argv = sys.argv[1:]
 try:
     runpy.run_path(sys.argv[0], run_name="__main__")
 finally:
-    if os.environ.get("RECORD_STEPS"):
-        with open(os.environ["RECORD_STEPS"], "w") as f:
-            json.dump({"calls": calls, "resets": FakeAle.resets}, f)
+    if os.environ.get("RECORD_CALLS"):
+        import pickle
+        with open(os.environ["RECORD_CALLS"], "wb") as f:
+            pickle.dump({"calls": calls, "resets": FakeAle.resets}, f)
 '''
 
 
@@ -101,15 +105,27 @@ def run_script(script, *flags, cwd, launcher=False, timeout=900, extra_env=None)
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def read_scalars(cwd):
-    """{tag: [(step, value), ...]} from the single run under cwd/runs."""
+def load_run(run):
+    """({tag: [(step, value), ...]}, EventAccumulator) of one run folder."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    (run,) = glob.glob(os.path.join(cwd, "runs", "*"))
     accumulator = EventAccumulator(run)
     accumulator.Reload()
     scalars = {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
     return scalars, accumulator
+
+
+def read_scalars(cwd):
+    """({tag: [(step, value), ...]}, EventAccumulator) of the single run under cwd/runs."""
+    (run,) = glob.glob(os.path.join(cwd, "runs", "*"))
+    return load_run(run)
+
+
+def read_all_scalars(cwd):
+    """{seed: {tag: [(step, value), ...]}} of every run under cwd/runs, by the seed in its name
+    (runs/{env}__{exp_name}__{seed}__{time})."""
+    runs = glob.glob(os.path.join(cwd, "runs", "*"))
+    return {int(os.path.basename(run).split("__")[2]): load_run(run)[0] for run in runs}
 
 
 def assert_one_line_error(result, *words):

@@ -1,4 +1,5 @@
 """Each piece of the scripts against an independent NumPy reference written here."""
+import inspect
 import math
 
 import jax
@@ -47,6 +48,16 @@ def test_obgd_one_step(module, bound_active):
     for k in params:
         np.testing.assert_allclose(reset_params[k], expected_params[k], rtol=1e-5, atol=1e-6)
         assert not np.any(reset_trace[k])
+
+
+@pytest.mark.parametrize("module", ALL)
+def test_leaky_relu_has_torchs_gradient_at_zero(module):
+    # sparse init zeroes every input weight when fan_in <= 9 (CartPole: 4 + 1), so first-layer units
+    # start at exactly 0, where jax.nn.leaky_relu's gradient is 1 and the reference's (torch) is 0.01
+    x = jnp.array([-2.0, -0.0, 0.0, 3.0])
+    np.testing.assert_allclose(module.leaky_relu(x), [-0.02, 0.0, 0.0, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(jax.vmap(jax.grad(module.leaky_relu))(x), [0.01, 0.01, 0.01, 1.0], rtol=1e-6)
+    assert "nn.leaky_relu(" not in inspect.getsource(module)  # every network uses it
 
 
 @pytest.mark.parametrize("module", ALL)

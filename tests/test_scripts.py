@@ -1,11 +1,15 @@
 """The scripts as a user runs them: logs, seeds, errors, and running alone in an empty folder."""
 import glob
-import json
 import os
+import pickle
 import shutil
+import signal
+import subprocess
+import sys
 
+import numpy as np
 import pytest
-from conftest import ROOT, assert_one_line_error, read_scalars, run_script
+from conftest import ROOT, assert_one_line_error, read_all_scalars, read_scalars, run_script
 
 # script -> (default env, steps for a smoke run); both envs end episodes within the smoke run
 SCRIPTS = {
@@ -90,6 +94,8 @@ def test_wrong_spaces_give_one_line_error(script, env, needs, tmp_path):
     (["--total-steps", "0"], ["--total-steps", "0"]),
     (["--device", "tpu"], ["--device", "cpu", "gpu", "tpu"]),
     (["--env", "NoSuchEnv-v0"], ["--env", "NoSuchEnv-v0"]),
+    (["--num-seeds", "0"], ["--num-seeds", "0"]),
+    (["--vectorization-mode", "threads"], ["--vectorization-mode", "sync", "async", "threads"]),
 ])
 def test_bad_flags_give_one_line_error(script, flags, words, tmp_path):
     assert_one_line_error(run_script(script, *flags, cwd=tmp_path), *words)
@@ -109,11 +115,78 @@ def test_device_gpu_without_a_gpu_gives_one_line_error(tmp_path):
                                         ("stream_q_minatar.py", "TestNanMinAtar-v0")])
 def test_non_finite_td_error_stops_and_keeps_logs(script, env, tmp_path):
     result = run_script(script, "--env", env, "--total-steps", "1000", cwd=tmp_path, launcher=True)
-    assert_one_line_error(result, "non-finite TD error", "global_step=101")
+    assert_one_line_error(result, "non-finite TD error", "global_step=101", "seed 0")
     scalars, accumulator = read_scalars(tmp_path)
     assert len(scalars["charts/episodic_return"]) == 5  # the episodes before the NaN (20 steps each)
     (events,) = glob.glob(str(tmp_path / "runs" / "*" / "events.out.tfevents.*"))
     assert os.path.basename(os.path.dirname(events)).startswith(env.replace("/", "_") + "__")  # path-safe
+
+
+def test_non_finite_td_error_in_one_agent_names_its_seed_and_keeps_every_log(tmp_path):
+    # Test/NanSeed1-v0 gives NaN rewards after 100 steps only in the env seeded with 1
+    result = run_script("stream_q.py", "--env", "Test/NanSeed1-v0", "--total-steps", "1000", "--num-seeds", "3",
+                        cwd=tmp_path, launcher=True)
+    assert_one_line_error(result, "non-finite TD error", "global_step=101", "seed 1", "__stream_q__1__")
+    runs = read_all_scalars(tmp_path)
+    assert sorted(runs) == [0, 1, 2]
+    assert all(len(scalars["charts/episodic_return"]) == 5 for scalars in runs.values())
+
+
+def test_a_batch_of_agents_is_a_batch_of_independent_runs(tmp_path):
+    def run(folder, *flags):
+        folder.mkdir()
+        record = folder / "record.pkl"
+        result = run_script("stream_q.py", "--total-steps", "3000", *flags, cwd=folder, launcher=True,
+                            extra_env={"RECORD_CALLS": str(record)})
+        assert result.returncode == 0, result.stderr
+        calls = pickle.loads(record.read_bytes())["calls"]
+        returns = {seed: scalars["charts/episodic_return"] for seed, scalars in read_all_scalars(folder).items()}
+        return calls, returns
+
+    calls, batch = run(tmp_path / "batch", "--num-seeds", "3", "--seed", "5")
+    alone_calls, alone = run(tmp_path / "alone", "--num-seeds", "1", "--seed", "6")
+    assert sorted(batch) == [5, 6, 7] and list(alone) == [6]
+    # seed 6's env gives the same reset observations in the batch as alone: the calls are
+    # start(keys, obs), then train_step(state, next_obs, reward, done, reset_obs), each (num_seeds, ...)
+    resets_in_batch = [calls[0][0][1]] + [args[3][1] for args in calls[1:] if args[2][1]]
+    resets_alone = [alone_calls[0][0][0]] + [args[3][0] for args in alone_calls[1:] if args[2][0]]
+    count = min(len(resets_in_batch), len(resets_alone))
+    assert count >= 10
+    np.testing.assert_array_equal(resets_in_batch[:count], resets_alone[:count])
+    # each agent runs its own stream
+    assert batch[6] != batch[5] and batch[6] != batch[7] and len(batch[6]) >= 10
+    # and the same command gives the same runs
+    _, again = run(tmp_path / "again", "--num-seeds", "3", "--seed", "5")
+    assert again == batch
+
+
+def test_async_vector_env_gives_the_same_runs_as_sync(tmp_path):
+    returns = []
+    for mode in ["sync", "async"]:
+        folder = tmp_path / mode
+        folder.mkdir()
+        result = run_script("stream_q.py", "--total-steps", "2000", "--num-seeds", "2",
+                            "--vectorization-mode", mode, cwd=folder)
+        assert result.returncode == 0, result.stderr
+        returns.append({seed: scalars["charts/episodic_return"] for seed, scalars in read_all_scalars(folder).items()})
+    assert sorted(returns[0]) == [0, 1] and returns[0] == returns[1]
+
+
+def test_ctrl_c_ends_the_run_with_every_log_flushed(tmp_path):
+    command = [sys.executable, os.path.join(ROOT, "stream_q.py"), "--num-seeds", "2", "--debug"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore"))
+    seeds_seen = set()
+    for line in process.stdout:  # both agents have ended an episode
+        seeds_seen |= {line.split(",")[0]} if line.startswith("seed=") else set()
+        if len(seeds_seen) == 2:
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0 and "Traceback" not in stderr, stderr
+    assert [line for line in stderr.splitlines() if line.startswith("error:")][0].startswith("error: interrupted")
+    runs = read_all_scalars(tmp_path)
+    assert sorted(runs) == [0, 1] and all(scalars["charts/episodic_return"] for scalars in runs.values())
 
 
 @pytest.mark.parametrize("game", ["Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders"])
@@ -126,13 +199,15 @@ def test_every_minatar_game_runs(game, tmp_path):
 def test_atari_life_loss_ends_the_episode_for_learning_only(tmp_path):
     # TestAle-v0: 3 lives, one lost every 40 frames, reward 1 per frame; no-op reset (1-30 frames)
     # and FIRE (4 frames) come first, so a game gives the agent 86-115 frames in 22-29 steps
-    record = tmp_path / "record.json"
+    record = tmp_path / "record.pkl"
     result = run_script("stream_q_atari.py", "--env", "TestAle-v0", "--total-steps", "200", cwd=tmp_path,
-                        launcher=True, extra_env={"RECORD_STEPS": str(record)})
+                        launcher=True, extra_env={"RECORD_CALLS": str(record)})
     assert result.returncode == 0, result.stderr
-    recorded = json.loads(record.read_text())
-    dones = [i for i, (done, _) in enumerate(recorded["calls"]) if done]
-    game_overs = [i for i, (_, game_over) in enumerate(recorded["calls"]) if game_over]
+    recorded = pickle.loads(record.read_bytes())
+    recorded["calls"] = recorded["calls"][1:]  # the first call is start(keys, obs)
+    # train_step(state, next_obs, reward, done, reset_obs, game_over), each argument (num_seeds, ...)
+    dones = [i for i, args in enumerate(recorded["calls"]) if args[2][0]]
+    game_overs = [i for i, args in enumerate(recorded["calls"]) if args[4][0]]
     assert len(recorded["calls"]) == 200 and len(game_overs) >= 6
     assert recorded["resets"] == 1 + len(game_overs)  # the env is reset only at game over
     assert set(game_overs) <= set(dones)
