@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tyro
+from jax.flatten_util import ravel_pytree
 from tensorboardX import SummaryWriter
 
 
@@ -179,7 +180,7 @@ def obgd(params, eligibility_trace, grads, delta, reset, *, kappa, gamma, lamda,
     """Overshooting-bounded gradient descent (ObGD), Elsayed et al. 2024, Algorithm 3.
 
     z <- gamma*lamda*z + g;  M = lr*kappa*max(|delta|,1)*sum|z|;  theta <- theta - lr/max(M,1)*delta*z;
-    then z <- 0 where reset. params, eligibility_trace, grads: pytrees of float32 arrays of equal
+    then z <- 0 where reset. params, eligibility_trace, grads: float32 vectors (or pytrees) of equal
     shapes; delta: scalar TD error; reset: scalar bool. Returns (params, eligibility_trace).
     """
     eligibility_trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, eligibility_trace, grads)
@@ -194,10 +195,10 @@ def obgd(params, eligibility_trace, grads, delta, reset, *, kappa, gamma, lamda,
 class AgentState(NamedTuple):
     """Everything the jitted step reads and writes; donated, so it never leaves the device."""
 
-    policy_params: dict
-    value_params: dict
-    policy_trace: dict  # eligibility trace of the actor
-    value_trace: dict  # eligibility trace of the critic
+    policy_params: jax.Array  # the actor's weights as one flat vector; unravel_policy(.) is Flax's dict
+    value_params: jax.Array  # the critic's, likewise with unravel_value
+    policy_trace: jax.Array  # eligibility trace of the actor, like policy_params
+    value_trace: jax.Array  # eligibility trace of the critic, like value_params
     obs_stats: RunningStats
     reward_stats: RunningStats
     reward_trace: jax.Array  # discounted sum of raw rewards, for reward scaling
@@ -215,27 +216,28 @@ def log_prob_and_entropy(mu, std, action):
     return log_prob.sum(), entropy.sum()
 
 
-def sample_action(actor, params, obs, key):
+def sample_action(actor, unravel_policy, params, obs, key):
     """a ~ Normal(mu(obs), std(obs)), unclipped, (action_dim,) float32."""
-    mu, std = actor.apply(params, obs)
+    mu, std = actor.apply(unravel_policy(params), obs)
     return mu + std * jax.random.normal(key, mu.shape)
 
 
 # ALGO LOGIC: the first observation
-def start(key, obs, *, actor, critic, args: Args, max_episode_steps: int, low, high):
+def start(key, obs, *, actor, critic, unravel_policy, unravel_value, args: Args, max_episode_steps: int, low, high):
     """Initialise the agent on the reset observation obs (obs_dim,) and pick the first action.
     Returns (AgentState, out) with out = [clipped action..., 0.0] float32, as from train_step."""
     key_policy, key_value, key = jax.random.split(key, 3)
     x0 = jnp.zeros(obs.shape[-1] + 1)
-    policy_params, value_params = actor.init(key_policy, x0), critic.init(key_value, x0)
+    policy_params = ravel_pytree(actor.init(key_policy, x0))[0]
+    value_params = ravel_pytree(critic.init(key_value, x0))[0]
     zeros = RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), jnp.float32(0.0))
     obs_stats, x = observe(zeros, obs, 0, max_episode_steps)
-    action = sample_action(actor, policy_params, x, jax.random.fold_in(key, 0))
+    action = sample_action(actor, unravel_policy, policy_params, x, jax.random.fold_in(key, 0))
     state = AgentState(
         policy_params=policy_params,
         value_params=value_params,
-        policy_trace=jax.tree.map(jnp.zeros_like, policy_params),
-        value_trace=jax.tree.map(jnp.zeros_like, value_params),
+        policy_trace=jnp.zeros_like(policy_params),
+        value_trace=jnp.zeros_like(value_params),
         obs_stats=obs_stats,
         reward_stats=RunningStats(jnp.float32(0.0), jnp.float32(0.0), jnp.float32(0.0)),
         reward_trace=jnp.float32(0.0),
@@ -249,7 +251,8 @@ def start(key, obs, *, actor, critic, args: Args, max_episode_steps: int, low, h
 
 
 # ALGO LOGIC: one environment step
-def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, actor, critic, args: Args,
+def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, actor, critic, unravel_policy,
+               unravel_value, args: Args,
                max_episode_steps: int, low, high):
     """Learn from the transition (state.obs, state.action, reward, next_obs, done), then sample
     the action for the next observation: next_obs, or reset_obs when the episode ended.
@@ -266,7 +269,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, actor, c
 
     # TD error with the pre-update weights; critic g = grad of -v(s)
     def value_terms(params):
-        values = critic.apply(params, jnp.stack([state.obs, next_x]))  # s and s' in one pass
+        values = critic.apply(unravel_value(params), jnp.stack([state.obs, next_x]))  # s and s' in one pass
         return -values[0], values[1]
 
     (neg_v, next_v), value_grads = jax.value_and_grad(value_terms, has_aux=True)(state.value_params)
@@ -274,7 +277,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, actor, c
 
     # actor g = grad of -log pi(a|s) - beta * sign(delta) * H(pi(.|s)), sign(delta) a constant
     def policy_loss(params):
-        log_prob, entropy = log_prob_and_entropy(*actor.apply(params, state.obs), state.action)
+        log_prob, entropy = log_prob_and_entropy(*actor.apply(unravel_policy(params), state.obs), state.action)
         return -log_prob - args.entropy_coeff * jnp.sign(delta) * entropy
 
     policy_grads = jax.grad(policy_loss)(state.policy_params)
@@ -295,7 +298,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, actor, c
 
     global_step = state.global_step + 1
     key = jax.random.fold_in(state.key, global_step)  # a fresh key per step, no key to carry
-    action = sample_action(actor, policy_params, x, key)
+    action = sample_action(actor, unravel_policy, policy_params, x, key)
     state = AgentState(policy_params, value_params, policy_trace, value_trace, obs_stats, reward_stats,
                        reward_trace, x, action, episode_step, global_step, state.key)
     return state, jnp.append(jnp.clip(action, low, high), delta)
@@ -370,9 +373,14 @@ if __name__ == "__main__":
 
     # One jitted call per env step for all agents: it updates each agent on the transition it just
     # saw and returns its next action. jax.vmap batches the agents, so they share the call's fixed
-    # cost; the state is donated (updated in place); the only host transfer is `out`.
+    # cost; the state is donated (updated in place); the only host transfer is `out`. The weights
+    # live in one flat vector each, as ObGD sees them: fewer buffers in and out of every call.
     low, high = envs.single_action_space.low, envs.single_action_space.high
-    kwargs = dict(actor=Actor(envs.single_action_space.shape[0], args.hidden_size), critic=Critic(args.hidden_size),
+    actor, critic = Actor(envs.single_action_space.shape[0], args.hidden_size), Critic(args.hidden_size)
+    x0 = np.zeros(obs.shape[-1] + 1, np.float32)
+    unravel_policy = ravel_pytree(actor.init(jax.random.PRNGKey(0), x0))[1]
+    unravel_value = ravel_pytree(critic.init(jax.random.PRNGKey(0), x0))[1]
+    kwargs = dict(actor=actor, critic=critic, unravel_policy=unravel_policy, unravel_value=unravel_value,
                   args=args, max_episode_steps=envs.get_attr("spec")[0].max_episode_steps, low=low, high=high)
     step_fn = jax.jit(jax.vmap(partial(train_step, **kwargs)), donate_argnums=0)
     state, out = jax.jit(jax.vmap(partial(start, **kwargs)))(keys, np.asarray(obs, np.float32))

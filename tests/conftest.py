@@ -181,18 +181,30 @@ def np_obgd(params, trace, grads, delta, reset, kappa, gamma, lamda, lr=1.0):
     return params, trace
 
 
-def to_np(params):
-    """flax {'params': {'Dense_0': {'kernel', 'bias'}}} -> {'Dense_0/kernel': float64 array}."""
+def to_np(params, unravel=None):
+    """flax {'params': {'Dense_0': {'kernel', 'bias'}}}, or a flat weight vector and its unravel
+    (as the scripts keep them), -> {'Dense_0/kernel': float64 array}."""
+    params = params if unravel is None else unravel(params)
     return {f"{layer}/{name}": np.array(v, np.float64)
             for layer, d in params["params"].items() for name, v in d.items()}
 
 
-def from_np(flat):
-    """The inverse of to_np: {'Dense_0/kernel': array} -> flax params of float32 arrays."""
+def from_np(flat, ravel=False):
+    """The inverse of to_np: {'Dense_0/kernel': array} -> flax params of float32 arrays, or with
+    ravel, the flat float32 vector the scripts keep."""
     import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
 
     out = {}
     for key, value in flat.items():
         layer, name = key.split("/")
         out.setdefault(layer, {})[name] = jnp.asarray(value, jnp.float32)
-    return {"params": out}
+    return ravel_pytree({"params": out})[0] if ravel else {"params": out}
+
+
+def unravel_of(network, x):
+    """The unravel function of network's weights, as the scripts build it for input x."""
+    import jax
+    from jax.flatten_util import ravel_pytree
+
+    return ravel_pytree(network.init(jax.random.PRNGKey(0), x))[1]

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import from_np, np_layer_norm, np_mlp, np_obgd, numeric_grad, to_np
+from conftest import from_np, np_layer_norm, np_mlp, np_obgd, numeric_grad, to_np, unravel_of
 
 import stream_ac_continuous
 import stream_ac_discrete
@@ -148,7 +148,8 @@ def test_epsilon_greedy_nongreedy_only_when_the_action_differs():
 
 def q_setup(hidden_size=8):
     args = stream_q.Args(hidden_size=hidden_size, total_steps=1000)
-    kw = dict(q_network=stream_q.QNetwork(2, hidden_size), args=args, max_episode_steps=100)
+    net = stream_q.QNetwork(2, hidden_size)
+    kw = dict(q_network=net, unravel=unravel_of(net, jnp.zeros(5)), args=args, max_episode_steps=100)
     obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
     state, _ = stream_q.start(jax.random.PRNGKey(0), obs, **kw)
     return args, kw, obs, state
@@ -157,8 +158,9 @@ def q_setup(hidden_size=8):
 @pytest.mark.parametrize("nongreedy,done", [(False, False), (True, False), (False, True)])
 def test_q_train_step_against_numpy(nongreedy, done):
     args, kw, obs, state = q_setup()
-    p = {k: np.random.default_rng(3).normal(0, 0.5, size=v.shape) for k, v in to_np(state.params).items()}
-    state = state._replace(params=from_np(p), action=jnp.int32(1), nongreedy=jnp.bool_(nongreedy))
+    shapes = {k: v.shape for k, v in to_np(state.params, kw["unravel"]).items()}
+    p = {k: np.random.default_rng(3).normal(0, 0.5, size=shape) for k, shape in shapes.items()}
+    state = state._replace(params=from_np(p, ravel=True), action=jnp.int32(1), nongreedy=jnp.bool_(nongreedy))
     next_obs = np.array([0.2, 0.1, -0.3, 0.4], np.float32)
     new_state, out = stream_q.train_step(state, next_obs, np.float32(1.0), done, next_obs, **kw)
 
@@ -172,11 +174,10 @@ def test_q_train_step_against_numpy(nongreedy, done):
     expected, trace = np_obgd(p, {k: 0 * v for k, v in p.items()}, grads, delta, nongreedy or done,
                               args.kappa, args.gamma, args.lamda)
     assert float(out[1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
-    got = to_np(new_state.params)
+    got = to_np(new_state.params, kw["unravel"])
     for k in p:
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
-    traces = to_np(new_state.eligibility_trace)
-    assert all(not np.any(z) for z in traces.values()) == (nongreedy or done)
+    assert (not np.any(new_state.eligibility_trace)) == (nongreedy or done)
     assert int(new_state.episode_step) == (0 if done else 1)
 
 
@@ -194,15 +195,17 @@ def test_ac_train_step_against_numpy():
     hidden_size, done = 8, False
     args = stream_ac_continuous.Args(hidden_size=hidden_size)
     low, high = -np.ones(2, np.float32), np.ones(2, np.float32)
-    kw = dict(actor=stream_ac_continuous.Actor(2, hidden_size), critic=stream_ac_continuous.Critic(hidden_size),
-              args=args, max_episode_steps=100, low=low, high=high)
+    actor, critic = stream_ac_continuous.Actor(2, hidden_size), stream_ac_continuous.Critic(hidden_size)
+    kw = dict(actor=actor, critic=critic, unravel_policy=unravel_of(actor, jnp.zeros(4)),
+              unravel_value=unravel_of(critic, jnp.zeros(4)), args=args, max_episode_steps=100, low=low, high=high)
     obs = np.array([0.1, -0.2, 0.3], np.float32)
     state, _ = stream_ac_continuous.start(jax.random.PRNGKey(0), obs, **kw)
     rng = np.random.default_rng(4)
-    pp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.policy_params).items()}
-    vp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.value_params).items()}
+    pp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.policy_params, kw["unravel_policy"]).items()}
+    vp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.value_params, kw["unravel_value"]).items()}
     action = np.array([1.7, -0.4], np.float32)  # outside the bounds: log-prob of the unclipped action
-    state = state._replace(policy_params=from_np(pp), value_params=from_np(vp), action=jnp.asarray(action))
+    state = state._replace(policy_params=from_np(pp, ravel=True), value_params=from_np(vp, ravel=True),
+                           action=jnp.asarray(action))
     next_obs = np.array([0.2, 0.1, -0.3], np.float32)
     new_state, out = stream_ac_continuous.train_step(state, next_obs, np.float32(2.0), done, next_obs, **kw)
 
@@ -226,7 +229,8 @@ def test_ac_train_step_against_numpy():
                             args.kappa_value, args.gamma, args.lamda)
     expected_p, _ = np_obgd(pp, zeros(pp), numeric_grad(policy_loss, pp), delta, done,
                             args.kappa_policy, args.gamma, args.lamda)
-    for got, expected in [(to_np(new_state.value_params), expected_v), (to_np(new_state.policy_params), expected_p)]:
+    for got, expected in [(to_np(new_state.value_params, kw["unravel_value"]), expected_v),
+                          (to_np(new_state.policy_params, kw["unravel_policy"]), expected_p)]:
         for k in expected:
             np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
     assert np.all(np.abs(np.asarray(out[:-1])) <= 1.0)  # the env gets the clipped action
@@ -241,11 +245,13 @@ def test_linear_schedule():
 
 def sarsa_setup(hidden_size=8):
     args = stream_sarsa.Args(hidden_size=hidden_size, total_steps=1000)
-    kw = dict(q_network=stream_sarsa.QNetwork(2, hidden_size), args=args, max_episode_steps=100)
+    net = stream_sarsa.QNetwork(2, hidden_size)
+    kw = dict(q_network=net, unravel=unravel_of(net, jnp.zeros(5)), args=args, max_episode_steps=100)
     obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
     state, _ = stream_sarsa.start(jax.random.PRNGKey(0), obs, **kw)
-    p = {k: np.random.default_rng(3).normal(0, 0.5, size=v.shape) for k, v in to_np(state.params).items()}
-    return args, kw, obs, state._replace(params=from_np(p), action=jnp.int32(1)), p
+    shapes = {k: v.shape for k, v in to_np(state.params, kw["unravel"]).items()}
+    p = {k: np.random.default_rng(3).normal(0, 0.5, size=shape) for k, shape in shapes.items()}
+    return args, kw, obs, state._replace(params=from_np(p, ravel=True), action=jnp.int32(1)), p
 
 
 @pytest.mark.parametrize("done", [False, True])
@@ -264,11 +270,11 @@ def test_sarsa_train_step_against_numpy(done):
     assert float(out[1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
     expected, _ = np_obgd(p, {k: 0 * v for k, v in p.items()}, numeric_grad(lambda p: -q(p, x)[1], p), delta,
                           done, args.kappa, args.gamma, args.lamda)
-    got = to_np(new_state.params)
+    got = to_np(new_state.params, kw["unravel"])
     for k in p:
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
     # traces reset on done only: a non-greedy a' does not cut them
-    assert all(not np.any(z) for z in to_np(new_state.eligibility_trace).values()) == done
+    assert (not np.any(new_state.eligibility_trace)) == done
 
 
 def test_sarsa_target_uses_the_action_taken_not_the_max():
@@ -295,7 +301,7 @@ def test_sarsa_first_action_of_an_episode_comes_from_the_reset_observation():
     seen = np.stack([obs, next_obs, reset_obs]).astype(np.float64)
     reset_x = np.append((reset_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5)
     np.testing.assert_allclose(new_state.obs, reset_x, rtol=1e-4, atol=1e-4)
-    q_reset = np.asarray(kw["q_network"].apply(new_state.params, jnp.asarray(reset_x, jnp.float32)))
+    q_reset = np.asarray(kw["q_network"].apply(kw["unravel"](new_state.params), jnp.asarray(reset_x, jnp.float32)))
     assert int(out[0]) == int(np.argmax(q_reset)) == int(new_state.action)
 
 
@@ -310,14 +316,17 @@ def test_categorical_log_prob_and_entropy():
 def test_ac_discrete_train_step_against_numpy():
     hidden_size = 8
     args = stream_ac_discrete.Args(hidden_size=hidden_size)
-    kw = dict(actor=stream_ac_discrete.Actor(3, hidden_size), critic=stream_ac_discrete.Critic(hidden_size),
+    actor, critic = stream_ac_discrete.Actor(3, hidden_size), stream_ac_discrete.Critic(hidden_size)
+    kw = dict(actor=actor, critic=critic, unravel_policy=unravel_of(actor, jnp.zeros(4)),
+              unravel_value=unravel_of(critic, jnp.zeros(4)),
               args=args, max_episode_steps=100)
     obs = np.array([0.1, -0.2, 0.3], np.float32)
     state, _ = stream_ac_discrete.start(jax.random.PRNGKey(0), obs, **kw)
     rng = np.random.default_rng(5)
-    pp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.policy_params).items()}
-    vp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.value_params).items()}
-    state = state._replace(policy_params=from_np(pp), value_params=from_np(vp), action=jnp.int32(2))
+    pp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.policy_params, kw["unravel_policy"]).items()}
+    vp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.value_params, kw["unravel_value"]).items()}
+    state = state._replace(policy_params=from_np(pp, ravel=True), value_params=from_np(vp, ravel=True),
+                           action=jnp.int32(2))
     next_obs = np.array([0.2, 0.1, -0.3], np.float32)
     new_state, out = stream_ac_discrete.train_step(state, next_obs, np.float32(-1.0), False, next_obs, **kw)
     seen = np.stack([obs, next_obs]).astype(np.float64)
@@ -338,6 +347,7 @@ def test_ac_discrete_train_step_against_numpy():
                             args.kappa_policy, args.gamma, args.lamda)
     expected_v, _ = np_obgd(vp, zeros(vp), numeric_grad(lambda p: -v(p, x), vp), delta, False,
                             args.kappa_value, args.gamma, args.lamda)
-    for got, expected in [(to_np(new_state.policy_params), expected_p), (to_np(new_state.value_params), expected_v)]:
+    for got, expected in [(to_np(new_state.policy_params, kw["unravel_policy"]), expected_p),
+                          (to_np(new_state.value_params, kw["unravel_value"]), expected_v)]:
         for k in expected:
             np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
