@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import minatar.gym
 import numpy as np
 import tyro
-from jax.flatten_util import ravel_pytree
 from tensorboardX import SummaryWriter
 
 
@@ -191,8 +190,8 @@ def linear_schedule(start_e: float, end_e: float, duration: float, t):
 class AgentState(NamedTuple):
     """Everything the jitted step reads and writes; donated, so it never leaves the device."""
 
-    params: jax.Array  # the network's weights as one flat vector, float32; unravel(params) is Flax's dict
-    eligibility_trace: jax.Array  # same shape as params
+    params: dict
+    eligibility_trace: dict
     obs_stats: RunningStats
     reward_stats: RunningStats
     reward_trace: jax.Array  # discounted sum of raw rewards, for reward scaling
@@ -213,18 +212,18 @@ def epsilon_greedy(q_values, key, epsilon):
 
 
 # ALGO LOGIC: the first observation
-def start(key, obs, *, q_network, unravel, args: Args):
+def start(key, obs, *, q_network, args: Args):
     """Initialise the agent on the reset observation obs (10, 10, C) and pick the first action.
     Returns (AgentState, out) with out = [action, 0.0] float32, as from train_step."""
     key_init, key = jax.random.split(key)
-    params = ravel_pytree(q_network.init(key_init, jnp.zeros(obs.shape)))[0]
+    params = q_network.init(key_init, jnp.zeros(obs.shape))
     zeros = RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), jnp.float32(0.0))
     obs_stats, x = observe(zeros, obs)
     epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_steps, 1)
-    action, nongreedy = epsilon_greedy(q_network.apply(unravel(params), x), jax.random.fold_in(key, 0), epsilon)
+    action, nongreedy = epsilon_greedy(q_network.apply(params, x), jax.random.fold_in(key, 0), epsilon)
     state = AgentState(
         params=params,
-        eligibility_trace=jnp.zeros_like(params),
+        eligibility_trace=jax.tree.map(jnp.zeros_like, params),
         obs_stats=obs_stats,
         reward_stats=RunningStats(jnp.float32(0.0), jnp.float32(0.0), jnp.float32(0.0)),
         reward_trace=jnp.float32(0.0),
@@ -238,7 +237,7 @@ def start(key, obs, *, q_network, unravel, args: Args):
 
 
 # ALGO LOGIC: one environment step
-def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_network, unravel, args: Args):
+def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_network, args: Args):
     """Learn from the transition (state.obs, state.action, reward, next_obs, done), then pick
     the action for the next observation: next_obs, or reset_obs when the episode ended.
 
@@ -253,7 +252,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
 
     # TD error with the pre-update weights; g = grad of -q(s, a)
     def td_terms(params):
-        q_values = q_network.apply(unravel(params), jnp.stack([state.obs, next_x]))  # s and s' in one pass
+        q_values = q_network.apply(params, jnp.stack([state.obs, next_x]))  # s and s' in one pass
         return -q_values[0, state.action], q_values[1].max()
 
     (neg_q, next_q), grads = jax.value_and_grad(td_terms, has_aux=True)(state.params)
@@ -271,7 +270,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
     global_step = state.global_step + 1
     epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_steps, global_step + 1)
     key = jax.random.fold_in(state.key, global_step)  # a fresh key per step, no key to carry
-    action, nongreedy = epsilon_greedy(q_network.apply(unravel(params), x), key, epsilon)
+    action, nongreedy = epsilon_greedy(q_network.apply(params, x), key, epsilon)
     state = AgentState(params, eligibility_trace, obs_stats, reward_stats, reward_trace, x, action, nongreedy,
                        global_step, state.key)
     return state, jnp.stack([action.astype(jnp.float32), delta])
@@ -346,11 +345,8 @@ if __name__ == "__main__":
 
     # One jitted call per env step for all agents: it updates each agent on the transition it just
     # saw and returns its next action. jax.vmap batches the agents, so they share the call's fixed
-    # cost; the state is donated (updated in place); the only host transfer is `out`. The weights
-    # live in one flat vector each, as ObGD sees them: fewer buffers in and out of every call.
-    q_network = QNetwork(envs.single_action_space.n, args.hidden_size)
-    unravel = ravel_pytree(q_network.init(jax.random.PRNGKey(0), np.zeros(obs.shape[1:], np.float32)))[1]
-    kwargs = dict(q_network=q_network, unravel=unravel, args=args)
+    # cost; the state is donated (updated in place); the only host transfer is `out`.
+    kwargs = dict(q_network=QNetwork(envs.single_action_space.n, args.hidden_size), args=args)
     step_fn = jax.jit(jax.vmap(partial(train_step, **kwargs)), donate_argnums=0)
     state, out = jax.jit(jax.vmap(partial(start, **kwargs)))(keys, np.asarray(obs, np.float32))
     action = np.asarray(out)[:, 0].astype(np.int64)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import from_np, np_layer_norm, np_obgd, numeric_grad, to_np, unravel_of
+from conftest import from_np, np_layer_norm, np_obgd, numeric_grad, to_np
 
 import stream_q_atari
 import stream_q_minatar
@@ -93,13 +93,12 @@ def test_minatar_train_step_against_numpy(nongreedy, done):
     obs_shape, hidden_size = (10, 10, 1), 3
     args = stream_q_minatar.Args(hidden_size=hidden_size, total_steps=1000)
     net = stream_q_minatar.QNetwork(3, hidden_size)
-    kw = dict(q_network=net, unravel=unravel_of(net, jnp.zeros(obs_shape)), args=args)
+    kw = dict(q_network=net, args=args)
     rng = np.random.default_rng(0)
     obs, next_obs = (rng.random(obs_shape) < 0.3).astype(np.float32), (rng.random(obs_shape) < 0.3).astype(np.float32)
     state, _ = stream_q_minatar.start(jax.random.PRNGKey(0), obs, **kw)
-    shapes = {k: v.shape for k, v in to_np(state.params, kw["unravel"]).items()}
-    p = {k: np.random.default_rng(3).normal(0, 0.3, size=shape) for k, shape in shapes.items()}
-    state = state._replace(params=from_np(p, ravel=True), action=jnp.int32(1), nongreedy=jnp.bool_(nongreedy))
+    p = {k: np.random.default_rng(3).normal(0, 0.3, size=v.shape) for k, v in to_np(state.params).items()}
+    state = state._replace(params=from_np(p), action=jnp.int32(1), nongreedy=jnp.bool_(nongreedy))
     new_state, out = stream_q_minatar.train_step(state, next_obs, np.float32(1.0), done, next_obs, **kw)
 
     seen = np.stack([obs, next_obs]).astype(np.float64)
@@ -111,16 +110,15 @@ def test_minatar_train_step_against_numpy(nongreedy, done):
     expected, _ = np_obgd(p, {k: 0 * v for k, v in p.items()}, grads, delta, nongreedy or done,
                           args.kappa, args.gamma, args.lamda)
     assert float(out[1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
-    got = to_np(new_state.params, kw["unravel"])
+    got = to_np(new_state.params)
     for k in p:
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
-    assert (not np.any(new_state.eligibility_trace)) == (nongreedy or done)
+    assert all(not np.any(z) for z in to_np(new_state.eligibility_trace).values()) == (nongreedy or done)
 
 
 def atari_setup(hidden_size=4):
     args = stream_q_atari.Args(hidden_size=hidden_size, total_steps=1000)
-    net = stream_q_atari.QNetwork(3, hidden_size)
-    kw = dict(q_network=net, unravel=unravel_of(net, jnp.zeros((84, 84, 4))), args=args)
+    kw = dict(q_network=stream_q_atari.QNetwork(3, hidden_size), args=args)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (84, 84)).astype(np.float32) for _ in range(3)]
     state, _ = stream_q_atari.start(jax.random.PRNGKey(0), frames[0], **kw)
@@ -131,12 +129,11 @@ def test_atari_act_keeps_q_and_the_gradient_of_the_action_it_picks():
     net, p = random_params(stream_q_atari, 4, scale=0.1)
     x = np.random.default_rng(5).normal(size=(84, 84, 4))
     for epsilon, key in ((0.0, 0), (1.0, 1), (1.0, 2)):
-        action, _, q_value, grads = stream_q_atari.act(net, unravel_of(net, jnp.zeros((84, 84, 4))),
-                                                       from_np(p, ravel=True), jnp.asarray(x, jnp.float32),
+        action, _, q_value, grads = stream_q_atari.act(net, from_np(p), jnp.asarray(x, jnp.float32),
                                                        jax.random.PRNGKey(key), epsilon)
         q = np_q(p, x, (5, 3, 2))
         assert float(q_value) == pytest.approx(q[int(action)], rel=1e-3, abs=1e-3)
-        grads = to_np(grads, unravel_of(net, jnp.zeros((84, 84, 4))))
+        grads = to_np(grads)
         rng = np.random.default_rng(key)
         for name in ("Conv_0/kernel", "Conv_2/kernel", "Dense_0/kernel", "Dense_1/bias"):  # spot checks
             for _ in range(3):
@@ -153,17 +150,17 @@ def test_atari_act_keeps_q_and_the_gradient_of_the_action_it_picks():
 @pytest.mark.parametrize("done,game_over", [(False, False), (True, False), (True, True)])
 def test_atari_life_loss_cuts_bootstrap_and_traces_but_keeps_the_game(done, game_over):
     args, kw, (first, frame, reset_frame), state = atari_setup()
-    state = state._replace(eligibility_trace=jnp.ones_like(state.params))
+    state = state._replace(eligibility_trace=jax.tree.map(jnp.ones_like, state.params))
     new_state, out = stream_q_atari.train_step(state, frame, np.float32(1.0), done, reset_frame if game_over else frame,
                                                game_over, **kw)
     # the next frame is normalised with the statistics of both frames and pushed onto the stack
     seen = np.stack([first, frame]).astype(np.float64)
     pushed = (frame - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8)
     next_frames = np.concatenate([np.asarray(state.frames)[..., 1:], pushed[..., None]], axis=-1)
-    next_q = np_q(to_np(state.params, kw["unravel"]), next_frames, (5, 3, 2)).max()
+    next_q = np_q(to_np(state.params), next_frames, (5, 3, 2)).max()
     delta = 1.0 / math.sqrt(1 + 1e-8) + args.gamma * next_q * (1 - done) - float(state.q_value)
     assert float(out[1]) == pytest.approx(delta, rel=1e-3, abs=1e-3)
-    assert (not np.any(new_state.eligibility_trace)) == (done or bool(state.nongreedy))
+    assert all(not np.any(z) for z in to_np(new_state.eligibility_trace).values()) == (done or bool(state.nongreedy))
     if game_over:  # the env was reset: the stack restarts from 4 copies of its first frame
         seen = np.stack([first, frame, reset_frame]).astype(np.float64)
         restart = (reset_frame - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8)
