@@ -248,7 +248,7 @@ def act(q_network, params, x, key, epsilon):
 # ALGO LOGIC: the first observation
 def start(key, obs, *, q_network, args: Args):
     """Initialise the agent on the reset frame obs (84, 84) and pick the first action.
-    Returns (AgentState, out) with out = [action, 0.0] float32, as from train_step."""
+    Returns (AgentState, out) with out = [action, epsilon, 0.0] float32, as from train_step."""
     key_init, key = jax.random.split(key)
     params = q_network.init(key_init, jnp.zeros((*obs.shape, 4)))
     zeros = RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), jnp.float32(0.0))
@@ -270,7 +270,7 @@ def start(key, obs, *, q_network, args: Args):
         global_step=jnp.int32(0),
         key=key,
     )
-    return state, jnp.stack([action.astype(jnp.float32), 0.0])
+    return state, jnp.stack([action.astype(jnp.float32), epsilon, 0.0])
 
 
 # ALGO LOGIC: one environment step
@@ -282,7 +282,8 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, game_over, 
     next_obs, reset_obs: (84, 84) float32 raw frames; reward: float32 raw reward (not clipped);
     done: bool, a life lost, terminated or truncated (the reference bootstraps through none);
     game_over: bool, terminated or truncated, the env was reset and reset_obs is its first frame.
-    Returns (AgentState, out) with out = [next action, TD error] float32: the only host transfer.
+    Returns (AgentState, out) with out = [next action, its epsilon, TD error] float32: the only host
+    transfer.
     Equations: Elsayed et al. 2024, Algorithm "Stream Q(λ)"; reference stream_q.py.
     """
     done = jnp.asarray(done, jnp.float32)
@@ -309,7 +310,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, game_over, 
     action, nongreedy, q_value, grads = act(q_network, params, x, key, epsilon)
     state = AgentState(params, eligibility_trace, obs_stats, reward_stats, reward_trace, x, action, nongreedy,
                        q_value, grads, global_step, state.key)
-    return state, jnp.stack([action.astype(jnp.float32), delta])
+    return state, jnp.stack([action.astype(jnp.float32), epsilon, delta])
 
 
 def fail(message: str):
@@ -400,7 +401,7 @@ if __name__ == "__main__":
                 next_obs[i] = info["final_obs"][i]
             state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs, game_over)
             out = np.asarray(out)
-            action, delta = out[:, 0].astype(np.int64), out[:, -1]
+            action, epsilon, delta = out[:, 0].astype(np.int64), out[:, 1], out[:, -1]
             if not np.isfinite(delta).all():
                 i = np.flatnonzero(~np.isfinite(delta))[0]
                 fail(f"non-finite TD error at global_step={global_step} for seed {seeds[i]}; "
@@ -409,14 +410,12 @@ if __name__ == "__main__":
             for i in np.flatnonzero(game_over):
                 episodic_return = float(info["final_info"]["episode"]["r"][i])
                 episodic_length = int(info["final_info"]["episode"]["l"][i])
-                epsilon = float(linear_schedule(args.start_e, args.end_e,
-                                                args.exploration_fraction * args.total_steps, global_step + 1))
                 writers[i].add_scalar("charts/episodic_return", episodic_return, global_step)
                 writers[i].add_scalar("charts/episodic_length", episodic_length, global_step)
-                writers[i].add_scalar("charts/epsilon", epsilon, global_step)
+                writers[i].add_scalar("charts/epsilon", epsilon[i], global_step)
                 if args.debug:
                     print(f"seed={seeds[i]}, global_step={global_step}, episodic_return={episodic_return:.1f}, "
-                          f"episodic_length={episodic_length}, epsilon={epsilon:.3f}")
+                          f"episodic_length={episodic_length}, epsilon={epsilon[i]:.3f}")
             if global_step % 5000 == 0:
                 for writer in writers:
                     writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)

@@ -173,7 +173,8 @@ def test_q_train_step_against_numpy(nongreedy, done):
     grads = numeric_grad(lambda p: -q(p, x)[1], p)
     expected, trace = np_obgd(p, {k: 0 * v for k, v in p.items()}, grads, delta, nongreedy or done,
                               args.kappa, args.gamma, args.lamda)
-    assert float(out[1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
+    assert float(out[1]) == pytest.approx(1.0 - 0.99 * 2 / 50)  # epsilon of the 2nd action (1000 steps, 0.05)
+    assert float(out[-1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
     got = to_np(new_state.params, kw["unravel"])
     for k in p:
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
@@ -267,7 +268,7 @@ def test_sarsa_train_step_against_numpy(done):
     q = lambda p, s: np_mlp(hidden(p), s) @ p["Dense_2/kernel"] + p["Dense_2/bias"]  # noqa: E731
     a_prime = next_action if not done else 0
     delta = 1.0 / math.sqrt(1 + 1e-8) + args.gamma * q(p, next_x)[a_prime] * (1 - done) - q(p, x)[1]
-    assert float(out[1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
+    assert float(out[-1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
     expected, _ = np_obgd(p, {k: 0 * v for k, v in p.items()}, numeric_grad(lambda p: -q(p, x)[1], p), delta,
                           done, args.kappa, args.gamma, args.lamda)
     got = to_np(new_state.params, kw["unravel"])
@@ -288,7 +289,7 @@ def test_sarsa_target_uses_the_action_taken_not_the_max():
     for i in range(30):  # epsilon is near 1 here, so both actions come up
         st = state._replace(key=jax.random.PRNGKey(i))
         _, out = stream_sarsa.train_step(st, next_obs, np.float32(1.0), False, next_obs, **kw)
-        deltas[int(out[0])] = float(out[1])
+        deltas[int(out[0])] = float(out[-1])
     assert set(deltas) == {0, 1}
     assert deltas[1] - deltas[0] == pytest.approx(args.gamma * (q_next[1] - q_next[0]), rel=1e-3, abs=1e-4)
 
@@ -341,7 +342,7 @@ def test_ac_discrete_train_step_against_numpy():
         entropy = -(np.exp(log_probs) * log_probs).sum()
         return -log_probs[2] - args.entropy_coeff * np.sign(delta) * entropy
 
-    assert float(out[1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
+    assert float(out[-1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
     zeros = lambda p: {k: 0 * w for k, w in p.items()}  # noqa: E731
     expected_p, _ = np_obgd(pp, zeros(pp), numeric_grad(policy_loss, pp), delta, False,
                             args.kappa_policy, args.gamma, args.lamda)

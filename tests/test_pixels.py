@@ -109,7 +109,7 @@ def test_minatar_train_step_against_numpy(nongreedy, done):
     grads = numeric_grad(lambda p: -q(p, x)[1], p)
     expected, _ = np_obgd(p, {k: 0 * v for k, v in p.items()}, grads, delta, nongreedy or done,
                           args.kappa, args.gamma, args.lamda)
-    assert float(out[1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
+    assert float(out[-1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
     got = to_np(new_state.params)
     for k in p:
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
@@ -159,7 +159,7 @@ def test_atari_life_loss_cuts_bootstrap_and_traces_but_keeps_the_game(done, game
     next_frames = np.concatenate([np.asarray(state.frames)[..., 1:], pushed[..., None]], axis=-1)
     next_q = np_q(to_np(state.params), next_frames, (5, 3, 2)).max()
     delta = 1.0 / math.sqrt(1 + 1e-8) + args.gamma * next_q * (1 - done) - float(state.q_value)
-    assert float(out[1]) == pytest.approx(delta, rel=1e-3, abs=1e-3)
+    assert float(out[-1]) == pytest.approx(delta, rel=1e-3, abs=1e-3)
     assert all(not np.any(z) for z in to_np(new_state.eligibility_trace).values()) == (done or bool(state.nongreedy))
     if game_over:  # the env was reset: the stack restarts from 4 copies of its first frame
         seen = np.stack([first, frame, reset_frame]).astype(np.float64)
