@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import gymnasium as gym
@@ -131,6 +131,13 @@ class Critic(nn.Module):
     def __call__(self, x):
         x = hidden_layers(x, self.hidden_size)
         return nn.Dense(1, kernel_init=sparse_init())(x)[..., 0]
+
+
+def unravel_fn(network: nn.Module, x) -> Callable:
+    """The map from a flat weight vector to network's Flax dict of weights for input x (shapes only:
+    jax.eval_shape runs no op, so nothing is compiled here)."""
+    shapes = jax.eval_shape(network.init, jax.random.PRNGKey(0), x)
+    return ravel_pytree(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))[1]
 
 
 class RunningStats(NamedTuple):
@@ -378,8 +385,7 @@ if __name__ == "__main__":
     low, high = envs.single_action_space.low, envs.single_action_space.high
     actor, critic = Actor(envs.single_action_space.shape[0], args.hidden_size), Critic(args.hidden_size)
     x0 = np.zeros(obs.shape[-1] + 1, np.float32)
-    unravel_policy = ravel_pytree(actor.init(jax.random.PRNGKey(0), x0))[1]
-    unravel_value = ravel_pytree(critic.init(jax.random.PRNGKey(0), x0))[1]
+    unravel_policy, unravel_value = unravel_fn(actor, x0), unravel_fn(critic, x0)
     kwargs = dict(actor=actor, critic=critic, unravel_policy=unravel_policy, unravel_value=unravel_value,
                   args=args, max_episode_steps=envs.get_attr("spec")[0].max_episode_steps, low=low, high=high)
     step_fn = jax.jit(jax.vmap(partial(train_step, **kwargs)), donate_argnums=0)

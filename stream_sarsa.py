@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import gymnasium as gym
@@ -116,6 +116,13 @@ class QNetwork(nn.Module):
             x = nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x)
             x = leaky_relu(x)
         return nn.Dense(self.n_actions, kernel_init=sparse_init())(x)
+
+
+def unravel_fn(network: nn.Module, x) -> Callable:
+    """The map from a flat weight vector to network's Flax dict of weights for input x (shapes only:
+    jax.eval_shape runs no op, so nothing is compiled here)."""
+    shapes = jax.eval_shape(network.init, jax.random.PRNGKey(0), x)
+    return ravel_pytree(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))[1]
 
 
 class RunningStats(NamedTuple):
@@ -351,7 +358,7 @@ if __name__ == "__main__":
     # cost; the state is donated (updated in place); the only host transfer is `out`. The weights
     # live in one flat vector each, as ObGD sees them: fewer buffers in and out of every call.
     q_network = QNetwork(envs.single_action_space.n, args.hidden_size)
-    unravel = ravel_pytree(q_network.init(jax.random.PRNGKey(0), np.zeros(obs.shape[-1] + 1, np.float32)))[1]
+    unravel = unravel_fn(q_network, np.zeros(obs.shape[-1] + 1, np.float32))
     kwargs = dict(q_network=q_network, unravel=unravel, args=args,
                   max_episode_steps=envs.get_attr("spec")[0].max_episode_steps)
     step_fn = jax.jit(jax.vmap(partial(train_step, **kwargs)), donate_argnums=0)

@@ -201,10 +201,3 @@ def from_np(flat, ravel=False):
         out.setdefault(layer, {})[name] = jnp.asarray(value, jnp.float32)
     return ravel_pytree({"params": out})[0] if ravel else {"params": out}
 
-
-def unravel_of(network, x):
-    """The unravel function of network's weights, as the scripts build it for input x."""
-    import jax
-    from jax.flatten_util import ravel_pytree
-
-    return ravel_pytree(network.init(jax.random.PRNGKey(0), x))[1]

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import from_np, np_layer_norm, np_mlp, np_obgd, numeric_grad, to_np, unravel_of
+from conftest import from_np, np_layer_norm, np_mlp, np_obgd, numeric_grad, to_np
 
 import stream_ac_continuous
 import stream_ac_discrete
@@ -149,7 +149,7 @@ def test_epsilon_greedy_nongreedy_only_when_the_action_differs():
 def q_setup(hidden_size=8):
     args = stream_q.Args(hidden_size=hidden_size, total_steps=1000)
     net = stream_q.QNetwork(2, hidden_size)
-    kw = dict(q_network=net, unravel=unravel_of(net, jnp.zeros(5)), args=args, max_episode_steps=100)
+    kw = dict(q_network=net, unravel=stream_q.unravel_fn(net, jnp.zeros(5)), args=args, max_episode_steps=100)
     obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
     state, _ = stream_q.start(jax.random.PRNGKey(0), obs, **kw)
     return args, kw, obs, state
@@ -197,8 +197,9 @@ def test_ac_train_step_against_numpy():
     args = stream_ac_continuous.Args(hidden_size=hidden_size)
     low, high = -np.ones(2, np.float32), np.ones(2, np.float32)
     actor, critic = stream_ac_continuous.Actor(2, hidden_size), stream_ac_continuous.Critic(hidden_size)
-    kw = dict(actor=actor, critic=critic, unravel_policy=unravel_of(actor, jnp.zeros(4)),
-              unravel_value=unravel_of(critic, jnp.zeros(4)), args=args, max_episode_steps=100, low=low, high=high)
+    kw = dict(actor=actor, critic=critic, unravel_policy=stream_ac_continuous.unravel_fn(actor, jnp.zeros(4)),
+              unravel_value=stream_ac_continuous.unravel_fn(critic, jnp.zeros(4)), args=args, max_episode_steps=100,
+              low=low, high=high)
     obs = np.array([0.1, -0.2, 0.3], np.float32)
     state, _ = stream_ac_continuous.start(jax.random.PRNGKey(0), obs, **kw)
     rng = np.random.default_rng(4)
@@ -247,7 +248,7 @@ def test_linear_schedule():
 def sarsa_setup(hidden_size=8):
     args = stream_sarsa.Args(hidden_size=hidden_size, total_steps=1000)
     net = stream_sarsa.QNetwork(2, hidden_size)
-    kw = dict(q_network=net, unravel=unravel_of(net, jnp.zeros(5)), args=args, max_episode_steps=100)
+    kw = dict(q_network=net, unravel=stream_sarsa.unravel_fn(net, jnp.zeros(5)), args=args, max_episode_steps=100)
     obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
     state, _ = stream_sarsa.start(jax.random.PRNGKey(0), obs, **kw)
     shapes = {k: v.shape for k, v in to_np(state.params, kw["unravel"]).items()}
@@ -318,9 +319,8 @@ def test_ac_discrete_train_step_against_numpy():
     hidden_size = 8
     args = stream_ac_discrete.Args(hidden_size=hidden_size)
     actor, critic = stream_ac_discrete.Actor(3, hidden_size), stream_ac_discrete.Critic(hidden_size)
-    kw = dict(actor=actor, critic=critic, unravel_policy=unravel_of(actor, jnp.zeros(4)),
-              unravel_value=unravel_of(critic, jnp.zeros(4)),
-              args=args, max_episode_steps=100)
+    kw = dict(actor=actor, critic=critic, unravel_policy=stream_ac_discrete.unravel_fn(actor, jnp.zeros(4)),
+              unravel_value=stream_ac_discrete.unravel_fn(critic, jnp.zeros(4)), args=args, max_episode_steps=100)
     obs = np.array([0.1, -0.2, 0.3], np.float32)
     state, _ = stream_ac_discrete.start(jax.random.PRNGKey(0), obs, **kw)
     rng = np.random.default_rng(5)
