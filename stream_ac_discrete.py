@@ -256,8 +256,7 @@ def start(key, obs, *, actor, critic, unravel_policy, unravel_value, args: Args,
 
 # ALGO LOGIC: one environment step
 def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, actor, critic, unravel_policy,
-               unravel_value, args: Args,
-               max_episode_steps: int):
+               unravel_value, args: Args, max_episode_steps: int):
     """Learn from the transition (state.obs, state.action, reward, next_obs, done), then sample
     the action for the next observation: next_obs, or reset_obs when the episode ended.
 
