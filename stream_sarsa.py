@@ -395,6 +395,7 @@ if __name__ == "__main__":
                 for writer in writers:
                     writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
     except KeyboardInterrupt:
+        envs.close(terminate=True)  # async workers got the Ctrl-C too: do not wait for them
         fail(f"interrupted at global_step={global_step}; logs so far are in runs/")
     finally:
         envs.close()

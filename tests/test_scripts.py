@@ -172,16 +172,19 @@ def test_async_vector_env_gives_the_same_runs_as_sync(tmp_path):
     assert sorted(returns[0]) == [0, 1] and returns[0] == returns[1]
 
 
-def test_ctrl_c_ends_the_run_with_every_log_flushed(tmp_path):
-    command = [sys.executable, os.path.join(ROOT, "stream_q.py"), "--num-seeds", "2", "--debug"]
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_ctrl_c_ends_the_run_with_every_log_flushed(mode, tmp_path):
+    command = [sys.executable, os.path.join(ROOT, "stream_q.py"), "--num-seeds", "2", "--debug",
+               "--vectorization-mode", mode]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore"))
+                               env=dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore"),
+                               start_new_session=True)
     seeds_seen = set()
     for line in process.stdout:  # both agents have ended an episode
         seeds_seen |= {line.split(",")[0]} if line.startswith("seed=") else set()
         if len(seeds_seen) == 2:
             break
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the script and its env workers
     _, stderr = process.communicate(timeout=60)
     assert process.returncode != 0 and "Traceback" not in stderr, stderr
     assert [line for line in stderr.splitlines() if line.startswith("error:")][0].startswith("error: interrupted")
