@@ -14,6 +14,7 @@ import math
 import os
 import random
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -327,11 +328,14 @@ if __name__ == "__main__":
     # returned observation is the reset one and info["final_obs"] the terminal one.
     seeds = [args.seed + i for i in range(args.num_seeds)]
     vector_env = gym.vector.AsyncVectorEnv if args.vectorization_mode == "async" else gym.vector.SyncVectorEnv
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # async workers ignore Ctrl-C: this process stops them
     try:
         envs = vector_env([partial(make_env, args.env)] * args.num_seeds,
                           autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     except gym.error.Error as e:
         fail(f"--env {args.env!r} cannot be made: {str(e).splitlines()[0]}")
+    interrupted = []  # Ctrl-C ends the run after the step it came in, so no library is cut off midway
+    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     if not isinstance(envs.single_action_space, gym.spaces.Discrete):
         fail(f"{args.exp_name}.py needs a Discrete action space; --env {args.env} has {envs.single_action_space}")
     if not (isinstance(envs.single_observation_space, gym.spaces.Box)
@@ -413,9 +417,8 @@ if __name__ == "__main__":
             if global_step % 5000 == 0:
                 for writer in writers:
                     writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
-    except KeyboardInterrupt:
-        envs.close(terminate=True)  # async workers got the Ctrl-C too: do not wait for them
-        fail(f"interrupted at global_step={global_step}; logs so far are in runs/")
+            if interrupted:
+                fail(f"interrupted at global_step={global_step}; logs so far are in runs/")
     finally:
         envs.close()
         for writer in writers:
