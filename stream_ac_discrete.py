@@ -363,11 +363,8 @@ if __name__ == "__main__":
                  for seed in seeds]
     writers = [SummaryWriter(f"runs/{run_name}") for run_name in run_names]
     for writer, seed in zip(writers, seeds):
-        writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in
-                                                     dict(vars(args), seed=seed).items()])),
-        )
+        table = "\n".join(f"|{key}|{value}|" for key, value in dict(vars(args), seed=seed).items())
+        writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
