@@ -9,31 +9,33 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, assert_one_line_error, read_all_scalars, read_scalars, run_script
+from conftest import ROOT, assert_one_line_error, load_run, read_all_scalars, read_scalars, run_script
 
-# script -> (default env, steps for a smoke run); both envs end episodes within the smoke run
+# script -> (default env, steps for a smoke run); every env of seeds 0 and 1 ends an episode within it
 SCRIPTS = {
     "stream_q.py": ("CartPole-v1", 300),
     "stream_sarsa.py": ("CartPole-v1", 300),
     "stream_ac_discrete.py": ("CartPole-v1", 300),
     "stream_ac_continuous.py": ("HalfCheetah-v5", 1100),
     "stream_q_minatar.py": ("MinAtar/Breakout-v1", 300),
-    "stream_q_atari.py": ("BreakoutNoFrameskip-v4", 400),
+    "stream_q_atari.py": ("BreakoutNoFrameskip-v4", 1000),
 }
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_smoke_run_writes_the_expected_tags(script, tmp_path):
-    result = run_script(script, "--total-steps", str(SCRIPTS[script][1]), "--debug", cwd=tmp_path)
+def test_smoke_run_of_two_seeds_writes_the_expected_tags(script, tmp_path):
+    result = run_script(script, "--total-steps", str(SCRIPTS[script][1]), "--num-seeds", "2", "--debug", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "episodic_return=" in result.stdout
-    (run,) = os.listdir(tmp_path / "runs")
-    assert run.startswith(f"{SCRIPTS[script][0].replace('/', '_')}__{script[:-3]}__0__")
-    scalars, accumulator = read_scalars(tmp_path)
-    assert {"charts/episodic_return", "charts/episodic_length"} <= set(scalars)
-    assert ("charts/epsilon" in scalars) == ("sarsa" in script or "stream_q" in script)
-    assert "hyperparameters/text_summary" in accumulator.Tags()["tensors"]
-    assert all(step <= SCRIPTS[script][1] for step, _ in scalars["charts/episodic_return"])
+    assert "seed=0, global_step=" in result.stdout and "seed=1, global_step=" in result.stdout
+    runs = sorted(os.listdir(tmp_path / "runs"), key=lambda run: run.split("__")[2])
+    assert [run.split("__")[:3] for run in runs] == [[SCRIPTS[script][0].replace("/", "_"), script[:-3], seed]
+                                                     for seed in ("0", "1")]
+    for run in runs:
+        scalars, accumulator = load_run(str(tmp_path / "runs" / run))
+        assert {"charts/episodic_return", "charts/episodic_length"} <= set(scalars)
+        assert ("charts/epsilon" in scalars) == ("sarsa" in script or "stream_q" in script)
+        assert "hyperparameters/text_summary" in accumulator.Tags()["tensors"]
+        assert all(step <= SCRIPTS[script][1] for step, _ in scalars["charts/episodic_return"])
 
 
 def test_sps_is_logged_every_5000_steps(tmp_path):
