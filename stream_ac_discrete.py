@@ -391,9 +391,10 @@ if __name__ == "__main__":
         for global_step in range(1, args.total_steps + 1):
             obs, reward, terminated, truncated, info = envs.step(action)
             done = terminated | truncated
+            ended = np.flatnonzero(done)  # the agents whose env was reset in this step
             reset_obs = np.asarray(obs, np.float32)  # where an episode ended, the reset observation
-            next_obs = reset_obs.copy() if done.any() else reset_obs
-            for i in np.flatnonzero(done):
+            next_obs = reset_obs.copy() if len(ended) else reset_obs
+            for i in ended:
                 next_obs[i] = info["final_obs"][i]
             state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs)
             out = np.asarray(out)
@@ -403,7 +404,7 @@ if __name__ == "__main__":
                 fail(f"non-finite TD error at global_step={global_step} for seed {seeds[i]}; "
                      f"logs so far are in runs/{run_names[i]}")
 
-            for i in np.flatnonzero(done):
+            for i in ended:
                 episodic_return = float(info["final_info"]["episode"]["r"][i])
                 episodic_length = int(info["final_info"]["episode"]["l"][i])
                 writers[i].add_scalar("charts/episodic_return", episodic_return, global_step)
