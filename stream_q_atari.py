@@ -27,6 +27,7 @@ from functools import partial
 from typing import NamedTuple
 
 import ale_py
+import flax
 import flax.linen as nn
 import gymnasium as gym
 import jax
@@ -50,10 +51,24 @@ class Args:
     """independent agents run in this process, with seeds seed, seed+1, ..., each in its own run folder"""
     vectorization_mode: str = "sync"
     """how the agents' envs step: sync (in this process) or async (one worker process each)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanRL"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    save_model: bool = False
+    """whether to save model into the `runs/{run_name}` folder"""
+    load_model: str | None = None
+    """a model file written by --save-model to go on from (every agent starts from it, at its global step)"""
+    eval_episodes: int = 10
+    """episodes evaluated after a --save-model or --load-model run (learning off, normaliser frozen)"""
 
     # Algorithm specific arguments
     env: str = "BreakoutNoFrameskip-v4"
-    """gymnasium id of an Atari (ALE) env without frame skip, e.g. PongNoFrameskip-v4"""
+    """an Atari (ALE) id: <Game>NoFrameskip-v4, or ALE/<Game>-v5 with v5's sticky actions (repeat probability 0.25)"""
     total_steps: int = 10_000_000
     """number of environment steps; one update per step"""
     gamma: float = 0.99
@@ -83,17 +98,20 @@ class FireOnReset(gym.Wrapper):
         return self.env.reset(**kwargs) if terminated or truncated else (obs, info)
 
 
-def make_env(env_id: str) -> gym.Env:
-    """ALE env -> no-op reset (<= 30), frame skip 4 with max-pool, 84x84 grayscale -> FIRE on reset
-    -> full-game episode statistics. Observations (84, 84) uint8; info["lives"] gives the lives left.
-    Raises gym.error.Error for an env that is not an ALE env."""
+def make_env(env_id: str, video_folder: str | None = None) -> gym.Env:
+    """ALE env (its own frame skip off) -> no-op reset (<= 30), frame skip 4 with max-pool, 84x84
+    grayscale -> FIRE on reset -> full-game episode statistics; with a video_folder, gymnasium's
+    RecordVideo films games 0, 1, 8, 27, ... into it. Observations (84, 84) uint8; info["lives"]
+    gives the lives left. Raises gym.error.Error for an id that is not an ALE env."""
     gym.register_envs(ale_py)
-    env = gym.make(env_id)
-    if not hasattr(env.unwrapped, "ale"):
-        raise gym.error.Error(f"stream_q_atari.py needs an Atari (ALE) env; {env_id} has {env.observation_space}")
+    if "ale_py" not in str(gym.spec(env_id).entry_point):
+        raise gym.error.Error(f"{env_id} is not an Atari (ALE) env; try ALE/Breakout-v5 or BreakoutNoFrameskip-v4")
+    env = gym.make(env_id, frameskip=1, render_mode="rgb_array" if video_folder else None)
     env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84)
     if "FIRE" in env.unwrapped.get_action_meanings():
         env = FireOnReset(env)
+    if video_folder:
+        env = gym.wrappers.RecordVideo(env, video_folder)
     return gym.wrappers.RecordEpisodeStatistics(env)
 
 
@@ -193,7 +211,8 @@ def obgd(params, eligibility_trace, grads, delta, reset, *, kappa, gamma, lamda,
 
     z <- gamma*lamda*z + g;  M = lr*kappa*max(|delta|,1)*sum|z|;  theta <- theta - lr/max(M,1)*delta*z;
     then z <- 0 where reset. params, eligibility_trace, grads: float32 vectors (or pytrees) of equal
-    shapes; delta: scalar TD error; reset: scalar bool. Returns (params, eligibility_trace).
+    shapes; delta: scalar TD error; reset: scalar bool. Returns (params, eligibility_trace, the
+    effective step size lr/max(M,1), float32).
     """
     eligibility_trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, eligibility_trace, grads)
     z_sum = sum(jnp.abs(z).sum() for z in jax.tree.leaves(eligibility_trace))
@@ -201,7 +220,7 @@ def obgd(params, eligibility_trace, grads, delta, reset, *, kappa, gamma, lamda,
     step_size = lr / jnp.maximum(bound, 1.0)
     params = jax.tree.map(lambda w, z: w - step_size * delta * z, params, eligibility_trace)
     eligibility_trace = jax.tree.map(lambda z: jnp.where(reset, 0.0, z), eligibility_trace)
-    return params, eligibility_trace
+    return params, eligibility_trace, step_size
 
 
 def linear_schedule(start_e: float, end_e: float, duration: float, t):
@@ -247,31 +266,41 @@ def act(q_network, params, x, key, epsilon):
 
 
 # ALGO LOGIC: the first observation
-def start(key, obs, *, q_network, args: Args):
-    """Initialise the agent on the reset frame obs (84, 84) and pick the first action.
-    Returns (AgentState, out) with out = [action, epsilon, 0.0] float32, as from train_step."""
+def start(key, obs, saved: AgentState | None, *, q_network, args: Args):
+    """Initialise the agent, or take the weights, statistics and global_step of a saved one
+    (--load-model), on the reset frame obs (84, 84) and pick the first action.
+    Returns (AgentState, out) with out = [action, epsilon, 0.0, 0.0] float32, as from train_step."""
     key_init, key = jax.random.split(key)
-    params = q_network.init(key_init, jnp.zeros((*obs.shape, 4)))
-    zeros = RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), jnp.float32(0.0))
-    obs_stats, x = observe(zeros, obs)
+    if saved is None:  # a new agent: sparse-initialised weights, no statistics yet
+        params = q_network.init(key_init, jnp.zeros((*obs.shape, 4)))
+        obs_stats = RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), jnp.float32(0.0))
+        reward_stats, global_step = RunningStats(jnp.float32(0.0), jnp.float32(0.0), jnp.float32(0.0)), jnp.int32(0)
+    else:
+        params, obs_stats, reward_stats, global_step = saved.params, saved.obs_stats, saved.reward_stats, \
+            saved.global_step
+    obs_stats, x = observe(obs_stats, obs)
     x = jnp.repeat(x[..., None], 4, axis=-1)  # the stack starts as 4 copies of the reset frame
-    epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_steps, 1)
+    epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_steps, global_step + 1)
     action, nongreedy, q_value, grads = act(q_network, params, x, jax.random.fold_in(key, 0), epsilon)
     state = AgentState(
         params=params,
         eligibility_trace=jax.tree.map(jnp.zeros_like, params),
         obs_stats=obs_stats,
-        reward_stats=RunningStats(jnp.float32(0.0), jnp.float32(0.0), jnp.float32(0.0)),
+        reward_stats=reward_stats,
         reward_trace=jnp.float32(0.0),
         frames=x,
         action=action,
         nongreedy=nongreedy,
         q_value=q_value,
         grads=grads,
-        global_step=jnp.int32(0),
+        global_step=global_step,
         key=key,
     )
-    return state, jnp.stack([action.astype(jnp.float32), epsilon, 0.0])
+    return state, jnp.stack([action.astype(jnp.float32), epsilon, 0.0, 0.0])
+
+
+# the tags of out's last columns, logged as means of |.| since the last log
+DIAGNOSTICS = ("losses/td_error", "charts/obgd_step_size")
 
 
 # ALGO LOGIC: one environment step
@@ -283,8 +312,8 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, game_over, 
     next_obs, reset_obs: (84, 84) float32 raw frames; reward: float32 raw reward (not clipped);
     done: bool, a life lost, terminated or truncated (the reference bootstraps through none);
     game_over: bool, terminated or truncated, the env was reset and reset_obs is its first frame.
-    Returns (AgentState, out) with out = [next action, its epsilon, TD error] float32: the only host
-    transfer.
+    Returns (AgentState, out) with out = [next action, its epsilon, TD error, ObGD step size] float32:
+    the only host transfer.
     Equations: Elsayed et al. 2024, Algorithm "Stream Q(λ)"; reference stream_q.py.
     """
     done = jnp.asarray(done, jnp.float32)
@@ -295,7 +324,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, game_over, 
     # TD error with the pre-update weights; q(s, a) and g = grad of -q(s, a) were taken in act()
     next_q = q_network.apply(state.params, next_x).max()
     delta = reward + args.gamma * next_q * (1.0 - done) - state.q_value
-    params, eligibility_trace = obgd(
+    params, eligibility_trace, step_size = obgd(
         state.params, state.eligibility_trace, state.grads, delta, (done > 0) | state.nongreedy,
         kappa=args.kappa, gamma=args.gamma, lamda=args.lamda, lr=args.lr,
     )
@@ -311,7 +340,18 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, game_over, 
     action, nongreedy, q_value, grads = act(q_network, params, x, key, epsilon)
     state = AgentState(params, eligibility_trace, obs_stats, reward_stats, reward_trace, x, action, nongreedy,
                        q_value, grads, global_step, state.key)
-    return state, jnp.stack([action.astype(jnp.float32), epsilon, delta])
+    return state, jnp.stack([action.astype(jnp.float32), epsilon, delta, step_size])
+
+
+def evaluate_step(state: AgentState, obs, new_episode, *, q_network, args: Args):
+    """CleanRL's evaluation policy: epsilon-greedy with epsilon 0.05 after pushing the frame obs (84, 84)
+    raw onto the stack (4 copies when new_episode: a new game), learning off and the normaliser frozen.
+    Returns (state, action)."""
+    x = normalize(state.obs_stats, obs)[..., None]
+    frames = jnp.where(new_episode, jnp.repeat(x, 4, axis=-1), jnp.concatenate([state.frames[..., 1:], x], axis=-1))
+    key = jax.random.fold_in(state.key, state.global_step + 1)
+    action, _ = epsilon_greedy(q_network.apply(state.params, frames), key, 0.05)
+    return state._replace(frames=frames, global_step=state.global_step + 1), action
 
 
 def fail(message: str):
@@ -319,35 +359,70 @@ def fail(message: str):
     sys.exit(f"error: {message}")
 
 
+def save_model(path: str, state: AgentState, args: Args):
+    """Write one agent's AgentState with flax.serialization (msgpack), tagged with what load_model checks."""
+    meta = dict(script=os.path.basename(__file__), env=args.env, hidden_size=args.hidden_size)
+    with open(path, "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(dict(meta, agent=flax.serialization.to_state_dict(state))))
+
+
+def load_model(path: str, template: AgentState, args: Args) -> AgentState:
+    """Read a save_model file into template's structure, one copy per agent (leading axis num_seeds).
+    Exits with a one-line error if the file is missing, unreadable, or from another script, env or size."""
+    if not os.path.isfile(path):
+        fail(f"--load-model {path}: no such file (--save-model writes runs/<run_name>/<exp_name>.cleanrl_model)")
+    try:
+        with open(path, "rb") as f:
+            saved = flax.serialization.msgpack_restore(f.read())
+        meta = (saved["script"], saved["env"], saved["hidden_size"])
+    except Exception as e:  # msgpack raises several kinds
+        fail(f"--load-model {path} is not a file written by --save-model ({type(e).__name__}: {e})")
+    if meta != (os.path.basename(__file__), args.env, args.hidden_size):
+        fail(f"--load-model {path} holds a {meta[0]} agent for --env {meta[1]} --hidden-size {meta[2]}; this run is "
+             f"{os.path.basename(__file__)} --env {args.env} --hidden-size {args.hidden_size}")
+    agent = flax.serialization.from_state_dict(template, saved["agent"])
+    return jax.tree.map(lambda x: np.broadcast_to(x, (args.num_seeds, *np.shape(x))), agent)
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    if args.total_steps <= 0:
-        fail(f"--total-steps must be a positive integer, got {args.total_steps}")
+    if args.total_steps < 0 or (args.total_steps == 0 and not args.load_model):
+        fail(f"--total-steps must be a positive integer (0 only with --load-model), got {args.total_steps}")
     if args.num_seeds <= 0:
         fail(f"--num-seeds must be a positive integer, got {args.num_seeds}")
+    if args.eval_episodes < 0:
+        fail(f"--eval-episodes must be 0 or more, got {args.eval_episodes}")
     if args.vectorization_mode not in ("sync", "async"):
         fail(f"--vectorization-mode must be one of sync, async; got {args.vectorization_mode!r}")
     if args.device not in ("cpu", "gpu"):
         fail(f"--device must be one of cpu, gpu; got {args.device!r}")
+    seeds = [args.seed + i for i in range(args.num_seeds)]
+    run_names = [f"{re.sub(r'[^A-Za-z0-9_.-]', '_', args.env)}__{args.exp_name}__{seed}__{int(time.time())}"
+                 for seed in seeds]
 
     # One env per agent; made before JAX starts, so async workers fork from a process without its
     # threads and are not pinned to this run's core. SAME_STEP autoreset: after a terminal step the
     # returned observation is the reset one and info["final_obs"] the terminal one.
-    seeds = [args.seed + i for i in range(args.num_seeds)]
-    vector_env = gym.vector.AsyncVectorEnv if args.vectorization_mode == "async" else gym.vector.SyncVectorEnv
+    def make_envs(video_folder: str | None):
+        vector_env = gym.vector.AsyncVectorEnv if args.vectorization_mode == "async" else gym.vector.SyncVectorEnv
+        env_fns = [partial(make_env, args.env, video_folder if i == 0 else None) for i in range(args.num_seeds)]
+        return vector_env(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # async workers ignore Ctrl-C: this process stops them
     try:
-        envs = vector_env([partial(make_env, args.env)] * args.num_seeds,
-                          autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        envs = make_envs(f"videos/{run_names[0]}" if args.capture_video else None)
     except gym.error.Error as e:
-        fail(f"--env {args.env!r} cannot be made: {str(e).splitlines()[0]}")
+        hint = " (MinAtar games run with stream_q_minatar.py, Atari with stream_q_atari.py)"
+        fail(f"--env {args.env!r} cannot be made: {str(e).splitlines()[0]}{hint}")
     interrupted = []  # Ctrl-C ends the run after the step it came in, so no library is cut off midway
     signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-        fail(f"{args.exp_name}.py needs a Discrete action space; --env {args.env} has {envs.single_action_space}")
+        fail(f"{os.path.basename(__file__)} needs a Discrete action space; --env {args.env} has "
+             f"{envs.single_action_space} (continuous actions run with stream_ac_continuous.py)")
     if not (isinstance(envs.single_observation_space, gym.spaces.Box)
             and envs.single_observation_space.shape == (84, 84)):
-        fail(f"{args.exp_name}.py needs (84, 84) frames; --env {args.env} has {envs.single_observation_space}")
+        fail(f"{os.path.basename(__file__)} needs (84, 84) frames; --env {args.env} has "
+             f"{envs.single_observation_space}")
 
     if args.device == "gpu":
         try:
@@ -366,8 +441,11 @@ if __name__ == "__main__":
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, {ctypes.CDLL(None).sched_getcpu()})
 
-    run_names = [f"{re.sub(r'[^A-Za-z0-9_.-]', '_', args.env)}__{args.exp_name}__{seed}__{int(time.time())}"
-                 for seed in seeds]
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_names[0], monitor_gym=True, save_code=True)
     writers = [SummaryWriter(f"runs/{run_name}") for run_name in run_names]
     for writer, seed in zip(writers, seeds):
         table = "\n".join(f"|{key}|{value}|" for key, value in dict(vars(args), seed=seed).items())
@@ -386,12 +464,17 @@ if __name__ == "__main__":
     # cost; the state is donated (updated in place); the only host transfer is `out`.
     kwargs = dict(q_network=QNetwork(envs.single_action_space.n, args.hidden_size), args=args)
     step_fn = jax.jit(jax.vmap(partial(train_step, **kwargs)), donate_argnums=0)
-    state, out = jax.jit(jax.vmap(partial(start, **kwargs)))(keys, np.asarray(obs, np.float32))
+    obs = np.asarray(obs, np.float32)
+    saved = None
+    if args.load_model:
+        saved = load_model(args.load_model, jax.eval_shape(partial(start, **kwargs), keys[0], obs[0], None)[0], args)
+    state, out = jax.jit(jax.vmap(partial(start, **kwargs)))(keys, obs, saved)
     action = np.asarray(out)[:, 0].astype(np.int64)
 
-    start_time = time.time()
+    start_step = int(saved.global_step[0]) if saved else 0  # --load-model goes on from the saved global_step
+    start_time, logged_step, diagnostic_sums = time.time(), start_step, np.zeros((args.num_seeds, len(DIAGNOSTICS)))
     try:
-        for global_step in range(1, args.total_steps + 1):
+        for global_step in range(start_step + 1, start_step + args.total_steps + 1):
             obs, reward, terminated, truncated, info = envs.step(action)
             game_over = terminated | truncated
             done = game_over | (info["lives"] < lives)  # a lost life ends the episode for learning only
@@ -403,9 +486,10 @@ if __name__ == "__main__":
                 next_obs[i] = info["final_obs"][i]
             state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs, game_over)
             out = np.asarray(out)
-            action, epsilon, delta = out[:, 0].astype(np.int64), out[:, 1], out[:, -1]
-            if not np.isfinite(delta).all():
-                i = np.flatnonzero(~np.isfinite(delta))[0]
+            action, epsilon = out[:, 0].astype(np.int64), out[:, 1]
+            diagnostics = out[:, -len(DIAGNOSTICS):]  # TD error first
+            if not np.isfinite(diagnostics[:, 0]).all():
+                i = np.flatnonzero(~np.isfinite(diagnostics[:, 0]))[0]
                 fail(f"non-finite TD error at global_step={global_step} for seed {seeds[i]}; "
                      f"logs so far are in runs/{run_names[i]}")
 
@@ -418,11 +502,36 @@ if __name__ == "__main__":
                 if args.debug:
                     print(f"seed={seeds[i]}, global_step={global_step}, episodic_return={episodic_return:.1f}, "
                           f"episodic_length={episodic_length}, epsilon={epsilon[i]:.3f}")
-            if global_step % 5000 == 0:
-                for writer in writers:
-                    writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
+            diagnostic_sums += np.abs(diagnostics)
+            if global_step % 1000 == 0:
+                sps = int((global_step - start_step) / (time.time() - start_time))
+                for writer, means in zip(writers, diagnostic_sums / (global_step - logged_step)):
+                    writer.add_scalar("charts/SPS", sps, global_step)
+                    for tag, value in zip(DIAGNOSTICS, means):
+                        writer.add_scalar(tag, value, global_step)
+                diagnostic_sums[:], logged_step = 0.0, global_step
             if interrupted:
                 fail(f"interrupted at global_step={global_step}; logs so far are in runs/")
+
+        if args.save_model:
+            for i, run_name in enumerate(run_names):
+                save_model(f"runs/{run_name}/{args.exp_name}.cleanrl_model", jax.tree.map(lambda x: x[i], state), args)
+        # EVALUATION, as CleanRL's: each agent plays --eval-episodes episodes, learning off
+        if args.eval_episodes and (args.save_model or args.load_model):
+            envs.close()
+            envs = make_envs(f"videos/{run_names[0]}-eval" if args.capture_video else None)
+            eval_fn = jax.jit(jax.vmap(partial(evaluate_step, **kwargs)))
+            (obs, _), new_episode, returns = envs.reset(seed=seeds), np.ones(args.num_seeds, bool), [[] for _ in seeds]
+            while min(map(len, returns)) < args.eval_episodes and not interrupted:
+                state, action = eval_fn(state, np.asarray(obs, np.float32), new_episode)
+                obs, _, terminated, truncated, info = envs.step(np.asarray(action))
+                new_episode = terminated | truncated
+                for i in np.flatnonzero(new_episode):
+                    returns[i].append(float(info["final_info"]["episode"]["r"][i]))
+            for writer, agent_returns in zip(writers, returns):
+                for idx, episodic_return in enumerate(agent_returns[: args.eval_episodes]):
+                    writer.add_scalar("eval/episodic_return", episodic_return, idx)
+            print(f"eval/episodic_return, mean over agents and episodes: {np.mean(sum(returns, [])):.1f}")
     finally:
         envs.close()
         for writer in writers:
