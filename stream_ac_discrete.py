@@ -85,7 +85,7 @@ class Args:
 def make_env(env_id: str, video_folder: str | None = None) -> gym.Env:
     """Classic-control or Box2D env with the reference's 10,000-step limit and episode statistics;
     with a video_folder, gymnasium's RecordVideo films episodes 0, 1, 8, 27, ... into it."""
-    env = gym.make(env_id, max_episode_steps=10_000, render_mode="rgb_array" if video_folder else None)
+    env = gym.make(env_id, max_episode_steps=10_000, **({"render_mode": "rgb_array"} if video_folder else {}))
     if video_folder:
         env = gym.wrappers.RecordVideo(env, video_folder)
     return gym.wrappers.RecordEpisodeStatistics(env)
@@ -359,9 +359,10 @@ def save_model(path: str, state: AgentState, args: Args):
         f.write(flax.serialization.msgpack_serialize(dict(meta, agent=flax.serialization.to_state_dict(state))))
 
 
-def load_model(path: str, template: AgentState, args: Args) -> AgentState:
-    """Read a save_model file into template's structure, one copy per agent (leading axis num_seeds).
-    Exits with a one-line error if the file is missing, unreadable, or from another script, env or size."""
+def load_model(path: str, args: Args) -> dict:
+    """Read a save_model file: the agent's state dict (flax.serialization.from_state_dict rebuilds the
+    AgentState). Exits with a one-line error if the file is missing, unreadable, or from another script,
+    env or network size."""
     if not os.path.isfile(path):
         fail(f"--load-model {path}: no such file (--save-model writes runs/<run_name>/<exp_name>.cleanrl_model)")
     try:
@@ -373,8 +374,7 @@ def load_model(path: str, template: AgentState, args: Args) -> AgentState:
     if meta != (os.path.basename(__file__), args.env, args.hidden_size):
         fail(f"--load-model {path} holds a {meta[0]} agent for --env {meta[1]} --hidden-size {meta[2]}; this run is "
              f"{os.path.basename(__file__)} --env {args.env} --hidden-size {args.hidden_size}")
-    agent = flax.serialization.from_state_dict(template, saved["agent"])
-    return jax.tree.map(lambda x: np.broadcast_to(x, (args.num_seeds, *np.shape(x))), agent)
+    return saved["agent"]
 
 
 if __name__ == "__main__":
@@ -389,6 +389,7 @@ if __name__ == "__main__":
         fail(f"--vectorization-mode must be one of sync, async; got {args.vectorization_mode!r}")
     if args.device not in ("cpu", "gpu"):
         fail(f"--device must be one of cpu, gpu; got {args.device!r}")
+    saved = load_model(args.load_model, args) if args.load_model else None
     seeds = [args.seed + i for i in range(args.num_seeds)]
     run_names = [f"{re.sub(r'[^A-Za-z0-9_.-]', '_', args.env)}__{args.exp_name}__{seed}__{int(time.time())}"
                  for seed in seeds]
@@ -405,7 +406,8 @@ if __name__ == "__main__":
     try:
         envs = make_envs(f"videos/{run_names[0]}" if args.capture_video else None)
     except gym.error.Error as e:
-        hint = " (MinAtar games run with stream_q_minatar.py, Atari with stream_q_atari.py)"
+        hint = " (MinAtar games run with stream_q_minatar.py, Atari with stream_q_atari.py, dm_control with " \
+               "stream_ac_continuous.py)"
         fail(f"--env {args.env!r} cannot be made: {str(e).splitlines()[0]}{hint}")
     interrupted = []  # Ctrl-C ends the run after the step it came in, so no library is cut off midway
     signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
@@ -461,9 +463,10 @@ if __name__ == "__main__":
                   args=args, max_episode_steps=envs.get_attr("spec")[0].max_episode_steps)
     step_fn = jax.jit(jax.vmap(partial(train_step, **kwargs)), donate_argnums=0)
     obs = np.asarray(obs, np.float32)
-    saved = None
-    if args.load_model:
-        saved = load_model(args.load_model, jax.eval_shape(partial(start, **kwargs), keys[0], obs[0], None)[0], args)
+    if saved is not None:  # the saved agent in AgentState's structure, one copy per seed
+        template = jax.eval_shape(partial(start, **kwargs), keys[0], obs[0], None)[0]
+        saved = jax.tree.map(lambda x: np.broadcast_to(x, (args.num_seeds, *np.shape(x))),
+                             flax.serialization.from_state_dict(template, saved))
     state, out = jax.jit(jax.vmap(partial(start, **kwargs)))(keys, obs, saved)
     action = np.asarray(out)[:, 0].astype(np.int64)
 

@@ -170,7 +170,7 @@ def numeric_grad(f, params, h=1e-5):
 
 
 def np_obgd(params, trace, grads, delta, reset, kappa, gamma, lamda, lr=1.0):
-    """NumPy ObGD (Elsayed et al. 2024, Algorithm 3) over dicts of arrays."""
+    """NumPy ObGD (Elsayed et al. 2024, Algorithm 3) over dicts of arrays: (params, trace, step size)."""
     trace = {k: gamma * lamda * trace[k] + grads[k] for k in params}
     z_sum = sum(np.abs(z).sum() for z in trace.values())
     m = lr * kappa * max(abs(delta), 1.0) * z_sum
@@ -178,7 +178,7 @@ def np_obgd(params, trace, grads, delta, reset, kappa, gamma, lamda, lr=1.0):
     params = {k: params[k] - step * delta * trace[k] for k in params}
     if reset:
         trace = {k: np.zeros_like(z) for k, z in trace.items()}
-    return params, trace
+    return params, trace, step
 
 
 def to_np(params, unravel=None):

@@ -35,15 +35,16 @@ def test_obgd_one_step(module, bound_active):
     delta, kappa, gamma, lamda = 0.7, 2.0, 0.99, 0.8
     z_sum = sum(np.abs(gamma * lamda * trace[k] + grads[k]).sum() for k in params)
     assert (kappa * max(abs(delta), 1) * z_sum > 1) == bound_active
-    expected_params, expected_trace = np_obgd(params, trace, grads, delta, False, kappa, gamma, lamda)
+    expected_params, expected_trace, expected_step = np_obgd(params, trace, grads, delta, False, kappa, gamma, lamda)
     as_jax = lambda d: {k: jnp.asarray(v, jnp.float32) for k, v in d.items()}  # noqa: E731
-    new_params, new_trace = module.obgd(as_jax(params), as_jax(trace), as_jax(grads), jnp.float32(delta),
-                                        jnp.bool_(False), kappa=kappa, gamma=gamma, lamda=lamda)
+    new_params, new_trace, step = module.obgd(as_jax(params), as_jax(trace), as_jax(grads), jnp.float32(delta),
+                                              jnp.bool_(False), kappa=kappa, gamma=gamma, lamda=lamda)
+    assert float(step) == pytest.approx(expected_step, rel=1e-5) and (expected_step < 1.0) == bound_active
     for k in params:
         np.testing.assert_allclose(new_params[k], expected_params[k], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(new_trace[k], expected_trace[k], rtol=1e-5, atol=1e-6)
     # reset: the update still uses the decayed trace, then the trace is zeroed
-    reset_params, reset_trace = module.obgd(as_jax(params), as_jax(trace), as_jax(grads), jnp.float32(delta),
+    reset_params, reset_trace, _ = module.obgd(as_jax(params), as_jax(trace), as_jax(grads), jnp.float32(delta),
                                             jnp.bool_(True), kappa=kappa, gamma=gamma, lamda=lamda)
     for k in params:
         np.testing.assert_allclose(reset_params[k], expected_params[k], rtol=1e-5, atol=1e-6)
@@ -151,7 +152,7 @@ def q_setup(hidden_size=8):
     net = stream_q.QNetwork(2, hidden_size)
     kw = dict(q_network=net, unravel=stream_q.unravel_fn(net, jnp.zeros(5)), args=args, max_episode_steps=100)
     obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
-    state, _ = stream_q.start(jax.random.PRNGKey(0), obs, **kw)
+    state, _ = stream_q.start(jax.random.PRNGKey(0), obs, None, **kw)
     return args, kw, obs, state
 
 
@@ -171,10 +172,11 @@ def test_q_train_step_against_numpy(nongreedy, done):
     q = lambda p, s: np_mlp(hidden(p), s) @ p["Dense_2/kernel"] + p["Dense_2/bias"]  # noqa: E731
     delta = 1.0 / math.sqrt(1 + 1e-8) + args.gamma * q(p, next_x).max() * (1 - done) - q(p, x)[1]
     grads = numeric_grad(lambda p: -q(p, x)[1], p)
-    expected, trace = np_obgd(p, {k: 0 * v for k, v in p.items()}, grads, delta, nongreedy or done,
-                              args.kappa, args.gamma, args.lamda)
+    expected, trace, step = np_obgd(p, {k: 0 * v for k, v in p.items()}, grads, delta, nongreedy or done,
+                                    args.kappa, args.gamma, args.lamda)
     assert float(out[1]) == pytest.approx(1.0 - 0.99 * 2 / 50)  # epsilon of the 2nd action (1000 steps, 0.05)
-    assert float(out[-1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
+    assert float(out[2]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
+    assert float(out[3]) == pytest.approx(step, rel=1e-4)  # logged as charts/obgd_step_size
     got = to_np(new_state.params, kw["unravel"])
     for k in p:
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
@@ -201,7 +203,7 @@ def test_ac_train_step_against_numpy():
               unravel_value=stream_ac_continuous.unravel_fn(critic, jnp.zeros(4)), args=args, max_episode_steps=100,
               low=low, high=high)
     obs = np.array([0.1, -0.2, 0.3], np.float32)
-    state, _ = stream_ac_continuous.start(jax.random.PRNGKey(0), obs, **kw)
+    state, _ = stream_ac_continuous.start(jax.random.PRNGKey(0), obs, None, **kw)
     rng = np.random.default_rng(4)
     pp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.policy_params, kw["unravel_policy"]).items()}
     vp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.value_params, kw["unravel_value"]).items()}
@@ -225,17 +227,18 @@ def test_ac_train_step_against_numpy():
         entropy = (0.5 + 0.5 * np.log(2 * np.pi) + np.log(std)).sum()
         return -log_prob - args.entropy_coeff * np.sign(delta) * entropy
 
-    assert float(out[-1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
+    assert float(out[-3]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
     zeros = lambda p: {k: 0 * w for k, w in p.items()}  # noqa: E731
-    expected_v, _ = np_obgd(vp, zeros(vp), numeric_grad(lambda p: -v(p, x), vp), delta, done,
-                            args.kappa_value, args.gamma, args.lamda)
-    expected_p, _ = np_obgd(pp, zeros(pp), numeric_grad(policy_loss, pp), delta, done,
-                            args.kappa_policy, args.gamma, args.lamda)
+    expected_v, _, step_v = np_obgd(vp, zeros(vp), numeric_grad(lambda p: -v(p, x), vp), delta, done,
+                                    args.kappa_value, args.gamma, args.lamda)
+    expected_p, _, step_p = np_obgd(pp, zeros(pp), numeric_grad(policy_loss, pp), delta, done,
+                                    args.kappa_policy, args.gamma, args.lamda)
+    np.testing.assert_allclose(np.asarray(out[-2:]), [step_p, step_v], rtol=1e-3)  # charts/obgd_step_size_*
     for got, expected in [(to_np(new_state.value_params, kw["unravel_value"]), expected_v),
                           (to_np(new_state.policy_params, kw["unravel_policy"]), expected_p)]:
         for k in expected:
             np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
-    assert np.all(np.abs(np.asarray(out[:-1])) <= 1.0)  # the env gets the clipped action
+    assert np.all(np.abs(np.asarray(out[:-3])) <= 1.0)  # the env gets the clipped action
 
 
 def test_linear_schedule():
@@ -250,7 +253,7 @@ def sarsa_setup(hidden_size=8):
     net = stream_sarsa.QNetwork(2, hidden_size)
     kw = dict(q_network=net, unravel=stream_sarsa.unravel_fn(net, jnp.zeros(5)), args=args, max_episode_steps=100)
     obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
-    state, _ = stream_sarsa.start(jax.random.PRNGKey(0), obs, **kw)
+    state, _ = stream_sarsa.start(jax.random.PRNGKey(0), obs, None, **kw)
     shapes = {k: v.shape for k, v in to_np(state.params, kw["unravel"]).items()}
     p = {k: np.random.default_rng(3).normal(0, 0.5, size=shape) for k, shape in shapes.items()}
     return args, kw, obs, state._replace(params=from_np(p, ravel=True), action=jnp.int32(1)), p
@@ -269,9 +272,10 @@ def test_sarsa_train_step_against_numpy(done):
     q = lambda p, s: np_mlp(hidden(p), s) @ p["Dense_2/kernel"] + p["Dense_2/bias"]  # noqa: E731
     a_prime = next_action if not done else 0
     delta = 1.0 / math.sqrt(1 + 1e-8) + args.gamma * q(p, next_x)[a_prime] * (1 - done) - q(p, x)[1]
-    assert float(out[-1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
-    expected, _ = np_obgd(p, {k: 0 * v for k, v in p.items()}, numeric_grad(lambda p: -q(p, x)[1], p), delta,
-                          done, args.kappa, args.gamma, args.lamda)
+    assert float(out[2]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
+    expected, _, step = np_obgd(p, {k: 0 * v for k, v in p.items()}, numeric_grad(lambda p: -q(p, x)[1], p), delta,
+                                done, args.kappa, args.gamma, args.lamda)
+    assert float(out[3]) == pytest.approx(step, rel=1e-4)
     got = to_np(new_state.params, kw["unravel"])
     for k in p:
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
@@ -290,7 +294,7 @@ def test_sarsa_target_uses_the_action_taken_not_the_max():
     for i in range(30):  # epsilon is near 1 here, so both actions come up
         st = state._replace(key=jax.random.PRNGKey(i))
         _, out = stream_sarsa.train_step(st, next_obs, np.float32(1.0), False, next_obs, **kw)
-        deltas[int(out[0])] = float(out[-1])
+        deltas[int(out[0])] = float(out[2])
     assert set(deltas) == {0, 1}
     assert deltas[1] - deltas[0] == pytest.approx(args.gamma * (q_next[1] - q_next[0]), rel=1e-3, abs=1e-4)
 
@@ -322,7 +326,7 @@ def test_ac_discrete_train_step_against_numpy():
     kw = dict(actor=actor, critic=critic, unravel_policy=stream_ac_discrete.unravel_fn(actor, jnp.zeros(4)),
               unravel_value=stream_ac_discrete.unravel_fn(critic, jnp.zeros(4)), args=args, max_episode_steps=100)
     obs = np.array([0.1, -0.2, 0.3], np.float32)
-    state, _ = stream_ac_discrete.start(jax.random.PRNGKey(0), obs, **kw)
+    state, _ = stream_ac_discrete.start(jax.random.PRNGKey(0), obs, None, **kw)
     rng = np.random.default_rng(5)
     pp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.policy_params, kw["unravel_policy"]).items()}
     vp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.value_params, kw["unravel_value"]).items()}
@@ -342,12 +346,13 @@ def test_ac_discrete_train_step_against_numpy():
         entropy = -(np.exp(log_probs) * log_probs).sum()
         return -log_probs[2] - args.entropy_coeff * np.sign(delta) * entropy
 
-    assert float(out[-1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
+    assert float(out[1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
     zeros = lambda p: {k: 0 * w for k, w in p.items()}  # noqa: E731
-    expected_p, _ = np_obgd(pp, zeros(pp), numeric_grad(policy_loss, pp), delta, False,
-                            args.kappa_policy, args.gamma, args.lamda)
-    expected_v, _ = np_obgd(vp, zeros(vp), numeric_grad(lambda p: -v(p, x), vp), delta, False,
-                            args.kappa_value, args.gamma, args.lamda)
+    expected_p, _, step_p = np_obgd(pp, zeros(pp), numeric_grad(policy_loss, pp), delta, False,
+                                    args.kappa_policy, args.gamma, args.lamda)
+    expected_v, _, step_v = np_obgd(vp, zeros(vp), numeric_grad(lambda p: -v(p, x), vp), delta, False,
+                                    args.kappa_value, args.gamma, args.lamda)
+    np.testing.assert_allclose(np.asarray(out[2:]), [step_p, step_v], rtol=1e-3)
     for got, expected in [(to_np(new_state.policy_params, kw["unravel_policy"]), expected_p),
                           (to_np(new_state.value_params, kw["unravel_value"]), expected_v)]:
         for k in expected:

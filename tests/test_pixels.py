@@ -96,7 +96,7 @@ def test_minatar_train_step_against_numpy(nongreedy, done):
     kw = dict(q_network=net, args=args)
     rng = np.random.default_rng(0)
     obs, next_obs = (rng.random(obs_shape) < 0.3).astype(np.float32), (rng.random(obs_shape) < 0.3).astype(np.float32)
-    state, _ = stream_q_minatar.start(jax.random.PRNGKey(0), obs, **kw)
+    state, _ = stream_q_minatar.start(jax.random.PRNGKey(0), obs, None, **kw)
     p = {k: np.random.default_rng(3).normal(0, 0.3, size=v.shape) for k, v in to_np(state.params).items()}
     state = state._replace(params=from_np(p), action=jnp.int32(1), nongreedy=jnp.bool_(nongreedy))
     new_state, out = stream_q_minatar.train_step(state, next_obs, np.float32(1.0), done, next_obs, **kw)
@@ -107,9 +107,10 @@ def test_minatar_train_step_against_numpy(nongreedy, done):
     q = lambda p, s: np_q(p, s, (1,))  # noqa: E731
     delta = 1.0 / math.sqrt(1 + 1e-8) + args.gamma * q(p, next_x).max() * (1 - done) - q(p, x)[1]
     grads = numeric_grad(lambda p: -q(p, x)[1], p)
-    expected, _ = np_obgd(p, {k: 0 * v for k, v in p.items()}, grads, delta, nongreedy or done,
-                          args.kappa, args.gamma, args.lamda)
-    assert float(out[-1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
+    expected, _, step = np_obgd(p, {k: 0 * v for k, v in p.items()}, grads, delta, nongreedy or done,
+                                args.kappa, args.gamma, args.lamda)
+    assert float(out[2]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
+    assert float(out[3]) == pytest.approx(step, rel=1e-3)
     got = to_np(new_state.params)
     for k in p:
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
@@ -121,7 +122,7 @@ def atari_setup(hidden_size=4):
     kw = dict(q_network=stream_q_atari.QNetwork(3, hidden_size), args=args)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (84, 84)).astype(np.float32) for _ in range(3)]
-    state, _ = stream_q_atari.start(jax.random.PRNGKey(0), frames[0], **kw)
+    state, _ = stream_q_atari.start(jax.random.PRNGKey(0), frames[0], None, **kw)
     return args, kw, frames, state
 
 
@@ -159,7 +160,7 @@ def test_atari_life_loss_cuts_bootstrap_and_traces_but_keeps_the_game(done, game
     next_frames = np.concatenate([np.asarray(state.frames)[..., 1:], pushed[..., None]], axis=-1)
     next_q = np_q(to_np(state.params), next_frames, (5, 3, 2)).max()
     delta = 1.0 / math.sqrt(1 + 1e-8) + args.gamma * next_q * (1 - done) - float(state.q_value)
-    assert float(out[-1]) == pytest.approx(delta, rel=1e-3, abs=1e-3)
+    assert float(out[2]) == pytest.approx(delta, rel=1e-3, abs=1e-3)
     assert all(not np.any(z) for z in to_np(new_state.eligibility_trace).values()) == (done or bool(state.nongreedy))
     if game_over:  # the env was reset: the stack restarts from 4 copies of its first frame
         seen = np.stack([first, frame, reset_frame]).astype(np.float64)

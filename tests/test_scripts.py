@@ -41,12 +41,14 @@ def test_smoke_run_of_two_seeds_writes_the_expected_tags(script, tmp_path):
         assert all(step <= SCRIPTS[script][1] for step, _ in scalars["charts/episodic_return"])
 
 
-def test_sps_is_logged_every_5000_steps(tmp_path):
-    result = run_script("stream_q.py", "--total-steps", "10000", cwd=tmp_path)
+def test_sps_and_the_diagnostics_are_logged_every_1000_steps(tmp_path):
+    result = run_script("stream_q.py", "--total-steps", "3000", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     scalars, _ = read_scalars(tmp_path)
-    assert [step for step, _ in scalars["charts/SPS"]] == [5000, 10000]
-    assert all(value > 0 for _, value in scalars["charts/SPS"])
+    for tag in ("charts/SPS", "losses/td_error", "charts/obgd_step_size"):
+        assert [step for step, _ in scalars[tag]] == [1000, 2000, 3000]
+        assert all(value > 0 for _, value in scalars[tag])
+    assert all(value <= 1.0 for _, value in scalars["charts/obgd_step_size"])  # alpha / max(M, 1), alpha = 1
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -83,8 +85,8 @@ def test_runs_when_copied_alone_into_an_empty_folder(script, tmp_path):
     ("stream_sarsa.py", "TestImage-v0", "flat Box observation"),
     ("stream_ac_discrete.py", "HalfCheetah-v5", "Discrete action space"),
     ("stream_ac_discrete.py", "TestImage-v0", "flat Box observation"),
-    ("stream_q_minatar.py", "CartPole-v1", "(10, 10, C) Box observation"),
-    ("stream_q_minatar.py", "TestImage-v0", "(10, 10, C) Box observation"),
+    ("stream_q_minatar.py", "CartPole-v1", "MinAtar/<Game>-v1 id with (10, 10, C) observations"),
+    ("stream_q_minatar.py", "TestImage-v0", "(10, 10, C) observations"),
     ("stream_q_minatar.py", "HalfCheetah-v5", "Discrete action space"),
     ("stream_q_atari.py", "CartPole-v1", "Atari (ALE) env"),
     ("stream_q_atari.py", "HalfCheetah-v5", "Atari (ALE) env"),
