@@ -27,7 +27,7 @@ def test_smoke_run_of_two_seeds_writes_the_expected_tags(script, tmp_path):
     # a greedy Breakout agent may never press FIRE after a lost life: explore throughout the smoke run
     explore = ["--exploration-fraction", "1.0"] if script == "stream_q_atari.py" else []
     result = run_script(script, "--total-steps", str(SCRIPTS[script][1]), "--num-seeds", "2", "--debug", *explore,
-                        cwd=tmp_path)
+                        "--save-model", "--eval-episodes", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "seed=0, global_step=" in result.stdout and "seed=1, global_step=" in result.stdout
     runs = sorted(os.listdir(tmp_path / "runs"), key=lambda run: run.split("__")[2])
@@ -39,6 +39,8 @@ def test_smoke_run_of_two_seeds_writes_the_expected_tags(script, tmp_path):
         assert ("charts/epsilon" in scalars) == ("sarsa" in script or "stream_q" in script)
         assert "hyperparameters/text_summary" in accumulator.Tags()["tensors"]
         assert all(step <= SCRIPTS[script][1] for step, _ in scalars["charts/episodic_return"])
+        assert [step for step, _ in scalars["eval/episodic_return"]] == [0]  # CleanRL's evaluation after saving
+        assert os.path.isfile(tmp_path / "runs" / run / f"{script[:-3]}.cleanrl_model")
 
 
 def test_sps_and_the_diagnostics_are_logged_every_1000_steps(tmp_path):
