@@ -10,6 +10,7 @@ arXiv 2410.14606 (Algorithm "Stream AC(λ)"); reference code github.com/mohmdels
 As in the reference, a time-limit truncation ends the bootstrap like a termination does.
 """
 import ctypes
+import glob
 import math
 import os
 import random
@@ -87,6 +88,7 @@ def make_env(env_id: str, video_folder: str | None = None) -> gym.Env:
     with a video_folder, gymnasium's RecordVideo films episodes 0, 1, 8, 27, ... into it."""
     env = gym.make(env_id, max_episode_steps=10_000, **({"render_mode": "rgb_array"} if video_folder else {}))
     if video_folder:
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen: no display needed
         env = gym.wrappers.RecordVideo(env, video_folder)
     return gym.wrappers.RecordEpisodeStatistics(env)
 
@@ -360,16 +362,14 @@ def save_model(path: str, state: AgentState, args: Args):
 
 
 def load_model(path: str, args: Args) -> dict:
-    """Read a save_model file: the agent's state dict (flax.serialization.from_state_dict rebuilds the
+    """The agent's state dict in a save_model file (flax.serialization.from_state_dict rebuilds the
     AgentState). Exits with a one-line error if the file is missing, unreadable, or from another script,
     env or network size."""
-    if not os.path.isfile(path):
-        fail(f"--load-model {path}: no such file (--save-model writes runs/<run_name>/<exp_name>.cleanrl_model)")
     try:
         with open(path, "rb") as f:
             saved = flax.serialization.msgpack_restore(f.read())
         meta = (saved["script"], saved["env"], saved["hidden_size"])
-    except Exception as e:  # msgpack raises several kinds
+    except Exception as e:  # no such file, not msgpack (several kinds), or not a dict with these keys
         fail(f"--load-model {path} is not a file written by --save-model ({type(e).__name__}: {e})")
     if meta != (os.path.basename(__file__), args.env, args.hidden_size):
         fail(f"--load-model {path} holds a {meta[0]} agent for --env {meta[1]} --hidden-size {meta[2]}; this run is "
@@ -438,8 +438,9 @@ if __name__ == "__main__":
     if args.track:
         import wandb
 
+        # monitor_gym=True breaks gymnasium 1.x's RecordVideo (wandb issue 9947): videos are logged at the end
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_names[0], monitor_gym=True, save_code=True)
+                   config=vars(args), name=run_names[0], monitor_gym=False, save_code=True)
     writers = [SummaryWriter(f"runs/{run_name}") for run_name in run_names]
     for writer, seed in zip(writers, seeds):
         table = "\n".join(f"|{key}|{value}|" for key, value in dict(vars(args), seed=seed).items())
@@ -527,10 +528,12 @@ if __name__ == "__main__":
             for writer, agent_returns in zip(writers, returns):
                 for idx, episodic_return in enumerate(agent_returns[: args.eval_episodes]):
                     writer.add_scalar("eval/episodic_return", episodic_return, idx)
-            print(f"eval/episodic_return, mean over agents and episodes: {np.mean(sum(returns, [])):.1f}")
     finally:
         envs.close()
         for writer in writers:
             writer.close()
+    if args.track and args.capture_video:
+        for path in sorted(glob.glob(f"videos/{run_names[0]}*/*.mp4")):
+            wandb.log({"videos": wandb.Video(path)})
     print(f"finished {args.total_steps} steps of {args.num_seeds} agent(s) in {time.time() - start_time:.0f} s; "
           f"logs in runs/{run_names[0]}" + (f" and {args.num_seeds - 1} more" if args.num_seeds > 1 else ""))

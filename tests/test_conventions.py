@@ -34,14 +34,19 @@ def small_model(tmp_path_factory):
     return path
 
 
-def test_track_logs_the_run_to_wandb(tmp_path):
+def test_track_logs_the_run_and_its_videos_to_wandb(tmp_path):
     result = run_script("stream_q.py", "--total-steps", "2000", "--track", "--wandb-project-name", "stream-x-test",
-                        cwd=tmp_path, extra_env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+                        "--capture-video", cwd=tmp_path, extra_env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     assert result.returncode == 0, result.stderr
+    assert "error" not in result.stderr.lower()  # nor pygame's "error: XDG_RUNTIME_DIR is invalid"
     (log,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
-    data = open(log, "rb").read()
+    with open(log, "rb") as f:
+        data = f.read()
     for word in (b"stream-x-test", b"charts/episodic_return", b"losses/td_error", b"charts/obgd_step_size"):
         assert word in data, word
+    videos = glob.glob(str(tmp_path / "videos" / "*" / "*.mp4"))
+    assert len(glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "files" / "media" / "videos" / "*.mp4"))) == \
+        len(videos) >= 2
     assert len(read_scalars(tmp_path)[0]["charts/episodic_return"]) >= 10  # the TensorBoard run is kept too
 
 
@@ -129,7 +134,7 @@ def test_load_model_with_no_steps_evaluates_and_films(small_model, tmp_path):
 
 
 @pytest.mark.parametrize("script,flags,words", [
-    ("stream_q.py", ["--load-model", "no/such.cleanrl_model"], ["--load-model", "no such file"]),
+    ("stream_q.py", ["--load-model", "no/such.cleanrl_model"], ["--load-model", "No such file"]),
     ("stream_q.py", ["--load-model", "EVENTS"], ["--load-model", "not a file written by --save-model"]),
     ("stream_q.py", ["--load-model", "MODEL", "--env", "Acrobot-v1"], ["--load-model", "CartPole-v1", "Acrobot-v1"]),
     ("stream_q.py", ["--load-model", "MODEL", "--hidden-size", "16"], ["--load-model", "--hidden-size 32", "16"]),
