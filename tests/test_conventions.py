@@ -5,6 +5,7 @@ import os
 
 import cv2
 import flax.serialization
+import jax
 import numpy as np
 import pytest
 from conftest import assert_one_line_error, read_all_scalars, read_scalars, run_script
@@ -174,3 +175,28 @@ def test_ale_v5_ids_skip_frames_once_and_keep_sticky_actions():
         obs, _ = env.reset(seed=0)
         assert obs.shape == (84, 84)
         env.close()
+
+
+@pytest.mark.parametrize("script,env,steps", [
+    ("stream_q.py", "CartPole-v1", 100), ("stream_sarsa.py", "CartPole-v1", 100),
+    ("stream_ac_discrete.py", "CartPole-v1", 100), ("stream_ac_continuous.py", "HalfCheetah-v5", 100),
+    ("stream_q_minatar.py", "MinAtar/Breakout-v1", 100), ("stream_q_atari.py", "BreakoutNoFrameskip-v4", 100),
+])
+def test_a_loaded_agent_is_the_saved_one(script, env, steps, tmp_path):
+    # save; load with no steps and save again: the same weights, reward statistics and global step
+    for folder, flags in (("a", ["--total-steps", str(steps)]), ("b", ["--total-steps", "0", "--load-model", "MODEL"])):
+        (tmp_path / folder).mkdir()
+        flags = [glob.glob(str(tmp_path / "a" / "runs" / "*" / "*.cleanrl_model"))[0] if f == "MODEL" else f
+                 for f in flags]
+        result = run_script(script, "--env", env, *flags, "--save-model", "--eval-episodes", "0", cwd=tmp_path / folder)
+        assert result.returncode == 0, result.stderr
+    saved, loaded = [flax.serialization.msgpack_restore(open(path, "rb").read())["agent"]
+                     for path in sorted(glob.glob(str(tmp_path / "*" / "runs" / "*" / "*.cleanrl_model")))]
+    assert int(saved["global_step"]) == int(loaded["global_step"]) == steps
+    params = [name for name in saved if name.endswith("params")]
+    assert params and saved["reward_stats"]["count"] > 0
+    for name in params + ["reward_stats"]:
+        for a, b in zip(jax.tree.leaves(saved[name]), jax.tree.leaves(loaded[name])):
+            np.testing.assert_array_equal(a, b)
+    # the observation statistics go on: one more sample, the reset observation of the new run
+    assert float(loaded["obs_stats"]["count"]) == float(saved["obs_stats"]["count"]) + 1
