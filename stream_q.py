@@ -198,7 +198,7 @@ def obgd(params, eligibility_trace, grads, delta, reset, *, kappa, gamma, lamda,
     eligibility_trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, eligibility_trace, grads)
     z_sum = sum(jnp.abs(z).sum() for z in jax.tree.leaves(eligibility_trace))
     bound = lr * kappa * jnp.maximum(jnp.abs(delta), 1.0) * z_sum
-    step_size = lr / jnp.maximum(bound, 1.0)
+    step_size = jnp.minimum(lr, lr / bound)  # = lr / max(M, 1); XLA:CPU runs this form faster (SARSA 67 vs 77 us)
     params = jax.tree.map(lambda w, z: w - step_size * delta * z, params, eligibility_trace)
     eligibility_trace = jax.tree.map(lambda z: jnp.where(reset, 0.0, z), eligibility_trace)
     return params, eligibility_trace, step_size
@@ -444,7 +444,7 @@ if __name__ == "__main__":
     state, out = jax.jit(jax.vmap(partial(start, **kwargs)))(keys, obs, saved)
     action = np.asarray(out)[:, 0].astype(np.int64)
 
-    start_step = int(saved.global_step[0]) if saved else 0  # --load-model goes on from the saved global_step
+    start_step = 0 if saved is None else int(saved.global_step[0])  # --load-model goes on from the saved step
     start_time, logged_step, diagnostic_sums = time.time(), start_step, np.zeros((args.num_seeds, len(DIAGNOSTICS)))
     try:
         for global_step in range(start_step + 1, start_step + args.total_steps + 1):

@@ -25,7 +25,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# script -> (default env, steps to run); each script logs charts/SPS every 5,000 steps
+# script -> (default env, steps to run); each script logs charts/SPS every 1,000 steps (5,000 before)
 DEFAULTS = {
     "stream_q": ("CartPole-v1", 40_000),
     "stream_sarsa": ("CartPole-v1", 40_000),
@@ -54,6 +54,7 @@ def run_one(root: str, script: str, env_id: str, steps: int, num_seeds: int) -> 
     """In this process: env-only speed, the script's speed, env-only again; prints one row."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    root = os.path.abspath(root)  # the run chdirs to a temporary folder
     path = os.path.join(root, f"{script}.py")
     spec = importlib.util.spec_from_file_location(script, path)
     module = importlib.util.module_from_spec(spec)
@@ -74,7 +75,7 @@ def run_one(root: str, script: str, env_id: str, steps: int, num_seeds: int) -> 
     first, last = events[0], events[-1]
     sps = num_seeds * (last.step - first.step) / (last.wall_time - first.wall_time)
     raw = (raw_before + raw_after) / 2
-    label = os.path.basename(os.path.abspath(root))
+    label = os.path.basename(root)
     print(f"{label:12s} {script:22s} {env_id:22s} {num_seeds:4d} {sps:10.0f} {raw:9.0f} {sps / raw:6.2f}", flush=True)
 
 
