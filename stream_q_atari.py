@@ -425,7 +425,6 @@ if __name__ == "__main__":
             and envs.single_observation_space.shape == (84, 84)):
         fail(f"{os.path.basename(__file__)} needs (84, 84) frames; --env {args.env} has "
              f"{envs.single_observation_space}")
-
     if args.device == "gpu":
         try:
             jax.config.update("jax_default_device", jax.devices("gpu")[0])

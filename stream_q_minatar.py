@@ -392,7 +392,6 @@ if __name__ == "__main__":
             and envs.single_observation_space.shape[:2] == (10, 10) and len(envs.single_observation_space.shape) == 3):
         fail(f"{os.path.basename(__file__)} needs a MinAtar/<Game>-v1 id with (10, 10, C) observations; "
              f"--env {args.env} has {envs.single_observation_space}")
-
     if args.device == "gpu":
         try:
             jax.config.update("jax_default_device", jax.devices("gpu")[0])
