@@ -42,6 +42,18 @@ gym.register("TestImage-v0", entry_point=TestEnv, kwargs=dict(image=(8, 8, 3)), 
 gym.register("TestNanMinAtar-v0", entry_point=TestEnv, kwargs=dict(image=(10, 10, 4), nan_after=100),
              max_episode_steps=1000)
 
+class SeedlessEnv(gym.Env):
+    """The same observation whatever the seed; reward 1 a step; the episode ends when action 1 is taken."""
+    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(3, np.float32), {}
+    def step(self, action):
+        return np.zeros(3, np.float32), 1.0, int(action) == 1, False, {}
+
+gym.register("Test/Seedless-v0", entry_point=SeedlessEnv, max_episode_steps=1000)
+
 class FakeAle(gym.Env):
     """An ALE game for AtariPreprocessing: 3 lives, one lost every 40 frames, reward 1 per frame
     (NaN after nan_after frames); counts its resets."""

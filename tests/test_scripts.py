@@ -55,20 +55,28 @@ def test_sps_and_the_diagnostics_are_logged_every_1000_steps(tmp_path):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_same_seed_gives_identical_returns(script, tmp_path):
-    returns, steps = [], "5000" if script == "stream_q_atari.py" else "2500"  # Breakout games are long
-    for i in range(2):
-        folder = tmp_path / str(i)
+    steps = "5000" if script == "stream_q_atari.py" else "2500"  # Breakout games are long
+    returns = []
+    for folder in (tmp_path / "a", tmp_path / "b"):
         folder.mkdir()
         result = run_script(script, "--total-steps", steps, "--seed", "3", cwd=folder)
         assert result.returncode == 0, result.stderr
-        scalars, _ = read_scalars(folder)
-        returns.append(scalars["charts/episodic_return"])
+        returns.append(read_all_scalars(folder)[3]["charts/episodic_return"])
     assert len(returns[0]) >= 2 and returns[0] == returns[1]
-    # and a different seed gives a different run
-    other = tmp_path / "other"
-    other.mkdir()
-    run_script(script, "--total-steps", steps, "--seed", "4", cwd=other)
-    assert read_scalars(other)[0]["charts/episodic_return"] != returns[0]
+
+
+def test_each_agents_jax_key_follows_its_seed(tmp_path):
+    # an env that ignores its seed: two agents' runs differ only through their JAX keys (weights, actions);
+    # every script builds the keys with the same line of __main__ (test_shared_blocks)
+    returns = []
+    for folder in (tmp_path / "a", tmp_path / "b"):
+        folder.mkdir()
+        result = run_script("stream_q.py", "--env", "Test/Seedless-v0", "--total-steps", "2000", "--seed", "3",
+                            "--num-seeds", "2", cwd=folder, launcher=True)
+        assert result.returncode == 0, result.stderr
+        returns.append({seed: scalars["charts/episodic_length"] for seed, scalars in read_all_scalars(folder).items()})
+    assert returns[0] == returns[1]  # the same seeds, the same runs
+    assert len(returns[0][3]) >= 20 and returns[0][3] != returns[0][4]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

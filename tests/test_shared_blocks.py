@@ -5,6 +5,7 @@ import difflib
 import inspect
 
 import pytest
+
 import stream_ac_continuous
 import stream_ac_discrete
 import stream_q
