@@ -93,18 +93,6 @@ def test_networks_match_numpy_forward_and_zero_bias():
     np.testing.assert_allclose(std, np.log1p(np.exp(h @ p["Dense_3/kernel"] + p["Dense_3/bias"])), rtol=1e-4, atol=1e-4)
 
 
-def test_layer_norm_is_over_the_whole_tensor():
-    x = np.random.default_rng(0).normal(size=(4, 5, 6)).astype(np.float32) * 3 + 1
-    import flax.linen as nn
-
-    layer = nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False, reduction_axes=(-3, -2, -1))
-    np.testing.assert_allclose(layer.apply({}, x), np_layer_norm(x.astype(np.float64)), rtol=1e-4, atol=1e-4)
-    # a dense layer's features are one axis, so the scripts' default reduction is the whole tensor
-    v = x.reshape(-1)
-    np.testing.assert_allclose(nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False).apply({}, v),
-                               np_layer_norm(v.astype(np.float64)), rtol=1e-4, atol=1e-4)
-
-
 @pytest.mark.parametrize("module", SCRIPTS)
 def test_welford_observation_normaliser_over_a_stream(module):
     xs = np.random.default_rng(0).normal(3.0, 2.0, size=(50, 4))
