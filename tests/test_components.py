@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import from_np, np_layer_norm, np_mlp, np_obgd, numeric_grad, to_np
+from conftest import from_np, np_mlp, np_obgd, numeric_grad, to_np
 
 import stream_ac_continuous
 import stream_ac_discrete
