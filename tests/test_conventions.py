@@ -21,6 +21,12 @@ def decode(path):
         frames.append(frame)
 
 
+def read_model(path):
+    """The dict a --save-model file holds: script, env, hidden_size and the agent's state dict."""
+    with open(path, "rb") as f:
+        return flax.serialization.msgpack_restore(f.read())
+
+
 def run_folders(cwd):
     return sorted(glob.glob(os.path.join(cwd, "runs", "*")), key=lambda run: int(run.split("__")[2]))
 
@@ -78,8 +84,7 @@ def test_dm_control_runs_saves_and_evaluates(tmp_path):
     scalars, _ = read_scalars(tmp_path)
     assert [step for step, _ in scalars["charts/episodic_length"]] == [1000]  # T = 1000: one full episode
     assert len(scalars["eval/episodic_return"]) == 1
-    with open(os.path.join(run, "stream_ac_continuous.cleanrl_model"), "rb") as f:
-        saved = flax.serialization.msgpack_restore(f.read())
+    saved = read_model(os.path.join(run, "stream_ac_continuous.cleanrl_model"))
     assert (saved["script"], saved["env"], int(saved["agent"]["global_step"])) == \
         ("stream_ac_continuous.py", "dm_control/cheetah-run-v0", 1000)
     assert saved["agent"]["obs_stats"]["mean"].shape == (17,)  # position (8) and velocity (9), flattened
@@ -103,7 +108,7 @@ def test_save_model_then_load_model_goes_on_from_the_saved_agent(tmp_path):
     assert result.returncode == 0, result.stderr
     evals = {}
     for run in run_folders(tmp_path / "save"):
-        saved = flax.serialization.msgpack_restore(open(os.path.join(run, "stream_q.cleanrl_model"), "rb").read())
+        saved = read_model(os.path.join(run, "stream_q.cleanrl_model"))
         assert (saved["script"], saved["env"], saved["hidden_size"]) == ("stream_q.py", "CartPole-v1", 32)
         assert int(saved["agent"]["global_step"]) == 30000 and float(saved["agent"]["obs_stats"]["count"]) > 30000
     for seed, scalars in read_all_scalars(tmp_path / "save").items():
@@ -190,7 +195,7 @@ def test_a_loaded_agent_is_the_saved_one(script, env, steps, tmp_path):
                  for f in flags]
         result = run_script(script, "--env", env, *flags, "--save-model", "--eval-episodes", "0", cwd=tmp_path / folder)
         assert result.returncode == 0, result.stderr
-    saved, loaded = [flax.serialization.msgpack_restore(open(path, "rb").read())["agent"]
+    saved, loaded = [read_model(path)["agent"]
                      for path in sorted(glob.glob(str(tmp_path / "*" / "runs" / "*" / "*.cleanrl_model")))]
     assert int(saved["global_step"]) == int(loaded["global_step"]) == steps
     params = [name for name in saved if name.endswith("params")]
