@@ -1,13 +1,9 @@
-"""Stream AC(λ), continuous actions: actor-critic with eligibility traces, one update per step.
+"""Stream AC(λ), continuous actions: actor-critic with eligibility traces and ObGD, one update per step.
 
-Elsayed, Vasan, Mahmood 2024, "Streaming Deep Reinforcement Learning Finally Works",
-arXiv 2410.14606 (Algorithm "Stream AC(λ)"); reference code github.com/mohmdelsayed/streaming-drl
-(commit 407dca7, stream_ac_continuous.py). Deliberate differences from the reference:
-- the time feature is -0.5 + t/T for the t-th observation of an episode (the reference's
-  wrapper increments it one step late, so the first two observations both carry -0.5);
-- running statistics are float32 (the reference uses float64);
-- the env is seeded on the first reset and its action space is seeded too.
-As in the reference, a time-limit truncation ends the bootstrap like a termination does.
+Elsayed, Vasan, Mahmood 2024, "Streaming Deep Reinforcement Learning Finally Works", arXiv 2410.14606,
+Algorithm "Stream AC(λ)"; reference code github.com/mohmdelsayed/streaming-drl (407dca7, stream_ac_continuous.py).
+Differences from the reference: the time feature is -0.5 + t/T at the t-th observation of an episode
+(the reference's is one step late); running statistics are float32; the env's action space is seeded.
 """
 import ctypes
 import glob
@@ -28,6 +24,7 @@ import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import tyro
 from jax.flatten_util import ravel_pytree
 from tensorboardX import SummaryWriter
@@ -103,44 +100,37 @@ def make_env(env_id: str, video_folder: str | None = None) -> gym.Env:
 
 
 def leaky_relu(x):
-    """leaky_relu(0.01) with torch's gradient 0.01 at exactly 0 (jax.nn.leaky_relu's is 1): after
-    sparse init a small fan_in zeroes every input weight, so first-layer units start at exactly 0."""
+    """leaky_relu(0.01) with torch's gradient 0.01 at 0 (jax.nn's is 1): sparse init with fan_in <= 9
+    zeroes every input weight, so first-layer units start at exactly 0 (SPEC §2)."""
     return jnp.where(x > 0, x, 0.01 * x)
 
 
 def sparse_init(sparsity: float = 0.9):
-    """Flax kernel initializer: uniform in ±1/sqrt(fan_in), then exactly ceil(sparsity * fan_in)
-    inputs of every output unit set to zero (a random permutation per unit).
-
-    Works for dense kernels (fan_in, fan_out) and conv kernels (kh, kw, in_c, out_c), where
-    fan_in = kh * kw * in_c. Source: reference sparse_init.py; Elsayed et al. 2024, Section 3.
-    """
+    """Flax kernel initialiser (reference sparse_init.py; paper §3): uniform in ±1/sqrt(fan_in), then exactly
+    ceil(sparsity * fan_in) inputs of each output unit zeroed; fan_in = prod(shape[:-1]), dense or conv."""
 
     def init(key, shape, dtype=jnp.float32):
         fan_in, fan_out = math.prod(shape[:-1]), shape[-1]
-        bound = 1.0 / math.sqrt(fan_in)
         key_w, key_p = jax.random.split(key)
-        kernel = jax.random.uniform(key_w, (fan_in, fan_out), dtype, -bound, bound)
-        # a random permutation of the inputs per output unit: the ranks of uniform noise
+        kernel = jax.random.uniform(key_w, (fan_in, fan_out), dtype, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+        # ranks of uniform noise: a random permutation of the inputs per output unit
         ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key_p, (fan_in, fan_out)), axis=0), axis=0)
-        keep = ranks >= math.ceil(sparsity * fan_in)
-        return (kernel * keep).reshape(shape)
+        return (kernel * (ranks >= math.ceil(sparsity * fan_in))).reshape(shape)
 
     return init
 
 
 def hidden_layers(x, hidden_size: int):
-    """Two hidden layers, each dense -> LayerNorm (no scale or bias, over all units) -> leaky_relu(0.01).
-    Called inside an nn.compact method, so the layers belong to the calling module."""
+    """Two hidden layers, each dense -> LayerNorm (no scale or bias, over all units) -> leaky_relu; called in
+    an nn.compact method, so the layers belong to the calling module."""
     for _ in range(2):
         x = nn.Dense(hidden_size, kernel_init=sparse_init())(x)
-        x = nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x)
-        x = leaky_relu(x)
+        x = leaky_relu(nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x))
     return x
 
 
 class Actor(nn.Module):
-    """obs (obs_dim + 1,) float32 -> (mu, std), each (action_dim,) float32; std = softplus(.)."""
+    """(obs_dim + 1,) float32 -> (mu, std) of a diagonal Normal policy, each (action_dim,) float32; std = softplus."""
 
     action_dim: int
     hidden_size: int = 128
@@ -153,7 +143,7 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    """obs (..., obs_dim + 1) float32 -> state value (...,) float32; hidden layers as the Actor's."""
+    """(..., obs_dim + 1) float32 -> state value (...,) float32."""
 
     hidden_size: int = 128
 
@@ -164,204 +154,186 @@ class Critic(nn.Module):
 
 
 def unravel_fn(network: nn.Module, x) -> Callable:
-    """The map from a flat weight vector to network's Flax dict of weights for input x (shapes only:
-    jax.eval_shape runs no op, so nothing is compiled here)."""
+    """The map from a flat weight vector to network's Flax dict for input x (jax.eval_shape: nothing runs)."""
     shapes = jax.eval_shape(network.init, jax.random.PRNGKey(0), x)
     return ravel_pytree(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))[1]
 
 
 class RunningStats(NamedTuple):
-    """Welford statistics of a stream: mean, sum of squared deviations p, count (float32)."""
+    """Welford statistics of a stream, float32 (reference normalization_wrappers.py): the first sample sets
+    the mean; the variance is unbiased (ddof 1), and 1 while fewer than 2 samples were seen."""
 
     mean: jax.Array
-    p: jax.Array
+    p: jax.Array  # sum of squared deviations from the mean
     count: jax.Array
 
+    def update(self, x):
+        count = self.count + 1
+        mean = self.mean + (x - self.mean) / count
+        return RunningStats(mean, self.p + (x - self.mean) * (x - mean), count)
 
-def welford_update(stats: RunningStats, x: jax.Array) -> RunningStats:
-    """Add one sample x (same shape as stats.mean) to the running statistics (Welford 1962).
-    From zeros, the first sample sets the mean to x. Source: reference normalization_wrappers.py."""
-    count = stats.count + 1
-    mean = stats.mean + (x - stats.mean) / count
-    return RunningStats(mean, stats.p + (x - stats.mean) * (x - mean), count)
+    def var(self):
+        return jnp.where(self.count < 2, 1.0, self.p / jnp.maximum(self.count - 1, 1))
 
-
-def variance(stats: RunningStats) -> jax.Array:
-    """Unbiased variance (ddof 1); 1 while fewer than 2 samples were seen."""
-    return jnp.where(stats.count < 2, 1.0, stats.p / jnp.maximum(stats.count - 1, 1))
-
-
-def normalize(stats: RunningStats, x: jax.Array) -> jax.Array:
-    """(x - mean) / sqrt(var + 1e-8), elementwise."""
-    return (x - stats.mean) / jnp.sqrt(variance(stats) + 1e-8)
+    def normalize(self, x):
+        return (x - self.mean) / jnp.sqrt(self.var() + 1e-8)
 
 
 def observe(obs_stats: RunningStats, obs, episode_step, max_episode_steps: int):
-    """Update the statistics with obs FIRST, then normalise it and append the time feature
-    -0.5 + episode_step / max_episode_steps. Returns (obs_stats, (obs_dim + 1,) float32)."""
-    obs_stats = welford_update(obs_stats, obs)
-    time_feature = -0.5 + episode_step / max_episode_steps
-    return obs_stats, jnp.append(normalize(obs_stats, obs), time_feature)
+    """Raw obs (obs_dim,) -> (obs_stats updated with it FIRST, then obs normalised with the time feature
+    -0.5 + episode_step / max_episode_steps appended: (obs_dim + 1,) float32)."""
+    obs_stats = obs_stats.update(obs)
+    return obs_stats, jnp.append(obs_stats.normalize(obs), -0.5 + episode_step / max_episode_steps)
 
 
-def scale_reward(stats: RunningStats, reward_trace, reward, done, gamma: float):
-    """Reward scaling of the reference's ScaleReward wrapper: u <- gamma * u * (1 - done) + r,
-    Welford statistics of u, emit r / sqrt(var(u) + 1e-8); no mean subtraction, no clipping.
-    Returns (stats, reward_trace, scaled_reward), all float32."""
+def scale_reward(reward_stats: RunningStats, reward_trace, reward, done, gamma: float):
+    """The reference's ScaleReward: u <- gamma * u * (1 - done) + r, Welford statistics of u, emit
+    r / sqrt(var(u) + 1e-8). Returns (reward_stats, reward_trace, scaled reward), float32."""
     reward_trace = gamma * reward_trace * (1.0 - done) + reward
-    stats = welford_update(stats, reward_trace)
-    return stats, reward_trace, reward / jnp.sqrt(variance(stats) + 1e-8)
+    reward_stats = reward_stats.update(reward_trace)
+    return reward_stats, reward_trace, reward / jnp.sqrt(reward_stats.var() + 1e-8)
 
 
-def obgd(params, eligibility_trace, grads, delta, reset, *, kappa, gamma, lamda, lr=1.0):
-    """Overshooting-bounded gradient descent (ObGD), Elsayed et al. 2024, Algorithm 3.
+class ObGDState(NamedTuple):
+    eligibility_trace: optax.Updates  # z, shaped like the parameters
+    step_size: jax.Array  # the last lr / max(M, 1), logged as charts/obgd_step_size
 
-    z <- gamma*lamda*z + g;  M = lr*kappa*max(|delta|,1)*sum|z|;  theta <- theta - lr/max(M,1)*delta*z;
-    then z <- 0 where reset. params, eligibility_trace, grads: float32 vectors (or pytrees) of equal
-    shapes; delta: scalar TD error; reset: scalar bool. Returns (params, eligibility_trace, the
-    effective step size lr/max(M,1), float32).
-    """
-    eligibility_trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, eligibility_trace, grads)
-    z_sum = sum(jnp.abs(z).sum() for z in jax.tree.leaves(eligibility_trace))
-    bound = lr * kappa * jnp.maximum(jnp.abs(delta), 1.0) * z_sum
-    step_size = jnp.minimum(lr, lr / bound)  # = lr / max(M, 1); XLA:CPU runs this form faster (SARSA 67 vs 77 us)
-    params = jax.tree.map(lambda w, z: w - step_size * delta * z, params, eligibility_trace)
-    eligibility_trace = jax.tree.map(lambda z: jnp.where(reset, 0.0, z), eligibility_trace)
-    return params, eligibility_trace, step_size
+
+def obgd(lr: float, gamma: float, lamda: float, kappa: float) -> optax.GradientTransformationExtraArgs:
+    """The paper's overshooting-bounded gradient descent as optax; update(grads, state, delta=δ, reset=bool):
+        z <- gamma*lamda*z + g;   M = lr*kappa*max(|δ|, 1)*sum|z|;   updates = -lr/max(M, 1)*δ*z;   z <- 0 if reset
+    for a gradient g whose -δ*g is the TD(λ) direction."""
+
+    def init(params):
+        return ObGDState(jax.tree.map(jnp.zeros_like, params), jnp.float32(lr))
+
+    def update(grads, state, params=None, *, delta, reset, **extra_args):
+        trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, state.eligibility_trace, grads)
+        bound = lr * kappa * jnp.maximum(jnp.abs(delta), 1.0) * sum(jnp.abs(z).sum() for z in jax.tree.leaves(trace))
+        step_size = jnp.minimum(lr, lr / bound)  # = lr / max(M, 1); XLA:CPU runs this form faster (SARSA 67 vs 77 us)
+        updates = jax.tree.map(lambda z: -step_size * delta * z, trace)
+        return updates, ObGDState(jax.tree.map(lambda z: jnp.where(reset, 0.0, z), trace), step_size)
+
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 class AgentState(NamedTuple):
     """Everything the jitted step reads and writes; donated, so it never leaves the device."""
 
-    policy_params: jax.Array  # the actor's weights as one flat vector; unravel_policy(.) is Flax's dict
+    policy_params: jax.Array  # the actor's weights as one flat vector, float32; unravel_policy(.) is Flax's dict
     value_params: jax.Array  # the critic's, likewise with unravel_value
-    policy_trace: jax.Array  # eligibility trace of the actor, like policy_params
-    value_trace: jax.Array  # eligibility trace of the critic, like value_params
+    policy_opt_state: ObGDState  # ObGD's state (the eligibility trace) of the actor
+    value_opt_state: ObGDState  # and of the critic
     obs_stats: RunningStats
     reward_stats: RunningStats
     reward_trace: jax.Array  # discounted sum of raw rewards, for reward scaling
-    obs: jax.Array  # normalised current observation with time feature, (obs_dim + 1,)
-    action: jax.Array  # unclipped action taken in obs, (action_dim,) float32
+    norm_obs: jax.Array  # the current observation, normalised, with the time feature, (obs_dim + 1,)
+    action: jax.Array  # the action taken in it, unclipped, (action_dim,) float32
     episode_step: jax.Array  # steps taken in this episode, int32
     global_step: jax.Array  # steps taken in all, int32
-    key: jax.Array  # the run's key; step t uses fold_in(key, t)
+    key: jax.Array  # the run's key; the action at global_step t uses fold_in(key, t)
 
 
 def log_prob_and_entropy(mu, std, action):
-    """Diagonal Normal(mu, std): log pi(action) and entropy, each summed over action dims."""
+    """Diagonal Normal(mu, std): log pi(action) and entropy, each summed over the action dims, float32."""
     log_prob = -0.5 * ((action - mu) / std) ** 2 - jnp.log(std) - 0.5 * jnp.log(2 * jnp.pi)
-    entropy = 0.5 + 0.5 * jnp.log(2 * jnp.pi) + jnp.log(std)
-    return log_prob.sum(), entropy.sum()
+    return log_prob.sum(), (0.5 + 0.5 * jnp.log(2 * jnp.pi) + jnp.log(std)).sum()
 
 
-def sample_action(actor, unravel_policy, params, obs, key):
-    """a ~ Normal(mu(obs), std(obs)), unclipped, (action_dim,) float32."""
-    mu, std = actor.apply(unravel_policy(params), obs)
-    return mu + std * jax.random.normal(key, mu.shape)
+# ALGO LOGIC: learn from the transition just seen, then act
+def learn(state: AgentState, norm_next_obs, reward, done, *, actor, critic, unravel_policy, unravel_value,
+          policy_optimizer, value_optimizer, args: Args):
+    """The paper's Stream AC(λ) update on (state.norm_obs, state.action, reward, norm_next_obs, done); reward
+    scaled, done float32 (bootstraps through neither end). Returns (the state with new weights and traces, δ)."""
+
+    # TD ERROR with the critic's pre-update weights; critic g = grad of -v(s); s and s' in one forward pass
+    def value_terms(params):
+        values = critic.apply(unravel_value(params), jnp.stack([state.norm_obs, norm_next_obs]))
+        return -values[0], values[1]
+
+    (neg_v, next_v), value_grads = jax.value_and_grad(value_terms, has_aux=True)(state.value_params)
+    delta = reward + args.gamma * next_v * (1.0 - done) + neg_v
+
+    # actor g = grad of -log pi(a|s) - beta * sign(δ) * H(pi(.|s)), sign(δ) a constant
+    def policy_loss(params):
+        log_prob, entropy = log_prob_and_entropy(*actor.apply(unravel_policy(params), state.norm_obs), state.action)
+        return -log_prob - args.entropy_coeff * jnp.sign(delta) * entropy
+
+    policy_grads = jax.grad(policy_loss)(state.policy_params)
+    # OBGD, one optimiser per network
+    policy_updates, policy_opt_state = policy_optimizer.update(policy_grads, state.policy_opt_state, delta=delta,
+                                                               reset=done > 0)
+    value_updates, value_opt_state = value_optimizer.update(value_grads, state.value_opt_state, delta=delta,
+                                                            reset=done > 0)
+    return state._replace(policy_params=optax.apply_updates(state.policy_params, policy_updates),
+                          value_params=optax.apply_updates(state.value_params, value_updates),
+                          policy_opt_state=policy_opt_state, value_opt_state=value_opt_state), delta
 
 
-# ALGO LOGIC: the first observation
-def start(key, obs, saved: AgentState | None, *, actor, critic, unravel_policy, unravel_value, args: Args,
-          max_episode_steps: int, low, high):
-    """Initialise the agent, or take the weights, statistics and global_step of a saved one
-    (--load-model), on the reset observation obs (obs_dim,) and pick the first action.
-    Returns (AgentState, out) with out = [clipped action..., 0.0, 0.0, 0.0] float32, as from train_step."""
+def act(state: AgentState, norm_obs, *, actor, unravel_policy, low, high):
+    """NEXT ACTION: a ~ Normal(mu, std) of norm_obs by the state's actor. Returns (the state acting in norm_obs
+    with a unclipped, a clipped to the action bounds [low, high], (action_dim,) float32)."""
+    key = jax.random.fold_in(state.key, state.global_step)  # a fresh key per step, none to carry
+    mu, std = actor.apply(unravel_policy(state.policy_params), norm_obs)
+    action = mu + std * jax.random.normal(key, mu.shape)
+    return state._replace(norm_obs=norm_obs, action=action), jnp.clip(action, low, high)
+
+
+def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, actor, critic, unravel_policy, unravel_value,
+               policy_optimizer, value_optimizer, args: Args, max_episode_steps: int, low, high):
+    """One env step: learn from (state.norm_obs, state.action, reward, next_obs, done), then act in next_obs,
+    or in reset_obs if the episode ended. next_obs, reset_obs: (obs_dim,) float32 raw; reward: float32 raw;
+    done: bool. Returns (state, out = [action clipped..., δ, ObGD step sizes of actor, critic] float32: the only
+    host transfer)."""
+    done = jnp.asarray(done, jnp.float32)
+    obs_stats, norm_next_obs = observe(state.obs_stats, next_obs, state.episode_step + 1, max_episode_steps)
+    reward_stats, reward_trace, reward = scale_reward(state.reward_stats, state.reward_trace, reward, done, args.gamma)
+    state = state._replace(reward_stats=reward_stats, reward_trace=reward_trace, global_step=state.global_step + 1)
+    state, delta = learn(state, norm_next_obs, reward, done, actor=actor, critic=critic, unravel_policy=unravel_policy,
+                         unravel_value=unravel_value, policy_optimizer=policy_optimizer,
+                         value_optimizer=value_optimizer, args=args)
+    # after a terminal step, the next action is taken in the reset observation
+    reset_stats, norm_reset_obs = observe(obs_stats, reset_obs, 0, max_episode_steps)
+    obs_stats, norm_obs = jax.tree.map(lambda a, b: jnp.where(done > 0, a, b), (reset_stats, norm_reset_obs),
+                                       (obs_stats, norm_next_obs))
+    state = state._replace(obs_stats=obs_stats, episode_step=jnp.where(done > 0, 0, state.episode_step + 1))
+    state, out = act(state, norm_obs, actor=actor, unravel_policy=unravel_policy, low=low, high=high)
+    return state, jnp.append(out, jnp.stack([delta, state.policy_opt_state.step_size, state.value_opt_state.step_size]))
+
+
+def start(key, obs, saved: AgentState | None, *, actor, critic, unravel_policy, unravel_value, policy_optimizer,
+          value_optimizer, args: Args, max_episode_steps: int, low, high):
+    """A new agent, or the saved one (--load-model: its weights, statistics and global_step), acting in the
+    reset observation obs (obs_dim,) raw. Returns (state, out) as train_step does, with δ and step sizes 0."""
     key_policy, key_value, key = jax.random.split(key, 3)
-    if saved is None:  # a new agent: sparse-initialised weights, no statistics yet
-        x0 = jnp.zeros(obs.shape[-1] + 1)
-        policy_params = ravel_pytree(actor.init(key_policy, x0))[0]
-        value_params = ravel_pytree(critic.init(key_value, x0))[0]
-        obs_stats = RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), jnp.float32(0.0))
-        reward_stats, global_step = RunningStats(jnp.float32(0.0), jnp.float32(0.0), jnp.float32(0.0)), jnp.int32(0)
-    else:
-        policy_params, value_params = saved.policy_params, saved.value_params
-        obs_stats, reward_stats, global_step = saved.obs_stats, saved.reward_stats, saved.global_step
-    obs_stats, x = observe(obs_stats, obs, 0, max_episode_steps)
-    action = sample_action(actor, unravel_policy, policy_params, x, jax.random.fold_in(key, 0))
-    state = AgentState(
-        policy_params=policy_params,
-        value_params=value_params,
-        policy_trace=jnp.zeros_like(policy_params),
-        value_trace=jnp.zeros_like(value_params),
-        obs_stats=obs_stats,
-        reward_stats=reward_stats,
-        reward_trace=jnp.float32(0.0),
-        obs=x,
-        action=action,
-        episode_step=jnp.int32(0),
-        global_step=global_step,
-        key=key,
-    )
-    return state, jnp.concatenate([jnp.clip(action, low, high), jnp.zeros(3)])
+    policy_params = ravel_pytree(actor.init(key_policy, jnp.zeros(obs.shape[-1] + 1)))[0]
+    value_params = ravel_pytree(critic.init(key_value, jnp.zeros(obs.shape[-1] + 1)))[0]
+    zero = jnp.float32(0.0)
+    state = AgentState(policy_params, value_params, policy_optimizer.init(policy_params),
+                       value_optimizer.init(value_params), RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), zero),
+                       RunningStats(zero, zero, zero), zero, None, None, jnp.int32(0), jnp.int32(0), key)
+    if saved is not None:
+        state = state._replace(policy_params=saved.policy_params, value_params=saved.value_params,
+                               obs_stats=saved.obs_stats, reward_stats=saved.reward_stats,
+                               global_step=saved.global_step)
+    obs_stats, norm_obs = observe(state.obs_stats, obs, 0, max_episode_steps)
+    state, out = act(state._replace(obs_stats=obs_stats), norm_obs, actor=actor, unravel_policy=unravel_policy,
+                     low=low, high=high)
+    return state, jnp.append(out, jnp.zeros(3))
 
 
 # the tags of out's last columns, logged as means of |.| since the last log
 DIAGNOSTICS = ("losses/td_error", "charts/obgd_step_size_policy", "charts/obgd_step_size_value")
 
 
-# ALGO LOGIC: one environment step
-def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, actor, critic, unravel_policy,
-               unravel_value, args: Args, max_episode_steps: int, low, high):
-    """Learn from the transition (state.obs, state.action, reward, next_obs, done), then sample
-    the action for the next observation: next_obs, or reset_obs when the episode ended.
-
-    next_obs, reset_obs: (obs_dim,) float32 raw observations; reward: float32 raw reward;
-    done: bool, terminated or truncated (the reference bootstraps through neither); low, high:
-    (action_dim,) action bounds. Returns (AgentState, out) with out = [next action clipped to
-    [low, high]..., TD error, ObGD step sizes of the actor and the critic] float32: the only host
-    transfer. The state keeps the unclipped action.
-    Equations: Elsayed et al. 2024, Algorithm "Stream AC(λ)"; reference stream_ac_continuous.py.
-    """
-    done = jnp.asarray(done, jnp.float32)
-    obs_stats, next_x = observe(state.obs_stats, next_obs, state.episode_step + 1, max_episode_steps)
-    reward_stats, reward_trace, reward = scale_reward(state.reward_stats, state.reward_trace, reward, done, args.gamma)
-
-    # TD error with the pre-update weights; critic g = grad of -v(s)
-    def value_terms(params):
-        values = critic.apply(unravel_value(params), jnp.stack([state.obs, next_x]))  # s and s' in one pass
-        return -values[0], values[1]
-
-    (neg_v, next_v), value_grads = jax.value_and_grad(value_terms, has_aux=True)(state.value_params)
-    delta = reward + args.gamma * next_v * (1.0 - done) + neg_v
-
-    # actor g = grad of -log pi(a|s) - beta * sign(delta) * H(pi(.|s)), sign(delta) a constant
-    def policy_loss(params):
-        log_prob, entropy = log_prob_and_entropy(*actor.apply(unravel_policy(params), state.obs), state.action)
-        return -log_prob - args.entropy_coeff * jnp.sign(delta) * entropy
-
-    policy_grads = jax.grad(policy_loss)(state.policy_params)
-    policy_params, policy_trace, policy_step_size = obgd(
-        state.policy_params, state.policy_trace, policy_grads, delta, done > 0,
-        kappa=args.kappa_policy, gamma=args.gamma, lamda=args.lamda, lr=args.lr,
-    )
-    value_params, value_trace, value_step_size = obgd(
-        state.value_params, state.value_trace, value_grads, delta, done > 0,
-        kappa=args.kappa_value, gamma=args.gamma, lamda=args.lamda, lr=args.lr,
-    )
-
-    # after a terminal step the next action comes from the reset observation
-    reset_stats, reset_x = observe(obs_stats, reset_obs, 0, max_episode_steps)
-    obs_stats = jax.tree.map(lambda a, b: jnp.where(done > 0, a, b), reset_stats, obs_stats)
-    x = jnp.where(done > 0, reset_x, next_x)
-    episode_step = jnp.where(done > 0, 0, state.episode_step + 1)
-
-    global_step = state.global_step + 1
-    key = jax.random.fold_in(state.key, global_step)  # a fresh key per step, no key to carry
-    action = sample_action(actor, unravel_policy, policy_params, x, key)
-    state = AgentState(policy_params, value_params, policy_trace, value_trace, obs_stats, reward_stats,
-                       reward_trace, x, action, episode_step, global_step, state.key)
-    return state, jnp.concatenate([jnp.clip(action, low, high), jnp.stack([delta, policy_step_size, value_step_size])])
-
-
 def evaluate_step(state: AgentState, obs, new_episode, *, actor, critic, unravel_policy, unravel_value, args: Args,
                   max_episode_steps: int, low, high):
-    """CleanRL's evaluation policy: the mean action in obs (obs_dim,) raw, clipped, learning off and
-    the normaliser frozen; new_episode (bool) restarts the time feature. Returns (state, action)."""
+    """CleanRL's evaluation: the mean action in obs (obs_dim,) raw, clipped, learning off, the normaliser frozen;
+    new_episode (bool) restarts the time feature. Returns (state, action)."""
     episode_step = jnp.where(new_episode, 0, state.episode_step + 1)
-    x = jnp.append(normalize(state.obs_stats, obs), -0.5 + episode_step / max_episode_steps)
-    mu, _ = actor.apply(unravel_policy(state.policy_params), x)
+    norm_obs = jnp.append(state.obs_stats.normalize(obs), -0.5 + episode_step / max_episode_steps)
+    mu, _ = actor.apply(unravel_policy(state.policy_params), norm_obs)
     return state._replace(episode_step=episode_step), jnp.clip(mu, low, high)
-
 
 def fail(message: str):
     """Exit with a one-line error on stderr."""
@@ -376,9 +348,8 @@ def save_model(path: str, state: AgentState, args: Args):
 
 
 def load_model(path: str, args: Args) -> dict:
-    """The agent's state dict in a save_model file (flax.serialization.from_state_dict rebuilds the
-    AgentState). Exits with a one-line error if the file is missing, unreadable, or from another script,
-    env or network size."""
+    """The agent's state dict in a save_model file; a one-line error if the file is missing, unreadable,
+    or from another script, env or network size."""
     try:
         with open(path, "rb") as f:
             saved = flax.serialization.msgpack_restore(f.read())
@@ -393,24 +364,24 @@ def load_model(path: str, args: Args) -> dict:
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    if args.total_steps < 0 or (args.total_steps == 0 and not args.load_model):
-        fail(f"--total-steps must be a positive integer (0 only with --load-model), got {args.total_steps}")
-    if args.num_seeds <= 0:
-        fail(f"--num-seeds must be a positive integer, got {args.num_seeds}")
-    if args.eval_episodes < 0:
-        fail(f"--eval-episodes must be 0 or more, got {args.eval_episodes}")
-    if args.vectorization_mode not in ("sync", "async"):
-        fail(f"--vectorization-mode must be one of sync, async; got {args.vectorization_mode!r}")
-    if args.device not in ("cpu", "gpu"):
-        fail(f"--device must be one of cpu, gpu; got {args.device!r}")
+    for flag, value, ok, want in [
+        ("--total-steps", args.total_steps, args.total_steps > 0 or (args.total_steps == 0 and args.load_model),
+         "a positive integer (0 only with --load-model)"),
+        ("--num-seeds", args.num_seeds, args.num_seeds > 0, "a positive integer"),
+        ("--eval-episodes", args.eval_episodes, args.eval_episodes >= 0, "0 or more"),
+        ("--vectorization-mode", args.vectorization_mode, args.vectorization_mode in ("sync", "async"),
+         "sync or async"),
+        ("--device", args.device, args.device in ("cpu", "gpu"), "cpu or gpu"),
+    ]:
+        if not ok:
+            fail(f"{flag} must be {want}, got {value!r}")
     saved = load_model(args.load_model, args) if args.load_model else None
     seeds = [args.seed + i for i in range(args.num_seeds)]
     run_names = [f"{re.sub(r'[^A-Za-z0-9_.-]', '_', args.env)}__{args.exp_name}__{seed}__{int(time.time())}"
                  for seed in seeds]
 
-    # One env per agent; made before JAX starts, so async workers fork from a process without its
-    # threads and are not pinned to this run's core. SAME_STEP autoreset: after a terminal step the
-    # returned observation is the reset one and info["final_obs"] the terminal one.
+    # One env per agent, made before JAX starts (async workers fork without its threads). SAME_STEP
+    # autoreset: after a terminal step obs is the reset observation, info["final_obs"] the terminal one.
     def make_envs(video_folder: str | None):
         vector_env = gym.vector.AsyncVectorEnv if args.vectorization_mode == "async" else gym.vector.SyncVectorEnv
         env_fns = [partial(make_env, args.env, video_folder if i == 0 else None) for i in range(args.num_seeds)]
@@ -420,35 +391,25 @@ if __name__ == "__main__":
     try:
         envs = make_envs(f"videos/{run_names[0]}" if args.capture_video else None)
     except gym.error.Error as e:
-        hint = " (MinAtar games run with stream_q_minatar.py, Atari with stream_q_atari.py, dm_control with " \
-               "stream_ac_continuous.py)"
-        fail(f"--env {args.env!r} cannot be made: {str(e).splitlines()[0]}{hint}")
+        fail(f"--env {args.env!r} cannot be made: {str(e).splitlines()[0]} (MinAtar games run with "
+             "stream_q_minatar.py, Atari with stream_q_atari.py, dm_control with stream_ac_continuous.py)")
     interrupted = []  # Ctrl-C ends the run after the step it came in, so no library is cut off midway
     signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-    if not (isinstance(envs.single_action_space, gym.spaces.Box) and len(envs.single_action_space.shape) == 1):
-        fail(f"{os.path.basename(__file__)} needs a flat Box (continuous) action space; --env {args.env} has "
-             f"{envs.single_action_space} (discrete actions run with stream_ac_discrete.py)")
-    if not (isinstance(envs.single_observation_space, gym.spaces.Box)
-            and len(envs.single_observation_space.shape) == 1):
-        fail(f"{os.path.basename(__file__)} needs a flat Box observation; --env {args.env} has "
-             f"{envs.single_observation_space}")
-    if args.device == "gpu":
-        try:
-            jax.config.update("jax_default_device", jax.devices("gpu")[0])
-        except RuntimeError:
-            fail("--device gpu, but JAX finds no GPU here (install jax[cuda12], or use --device cpu)")
-    else:
+    action_space, observation_space = envs.single_action_space, envs.single_observation_space
+    if not (isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1
+            and isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1):
+        fail(f"{os.path.basename(__file__)} needs a flat Box (continuous) action space and a flat Box observation; "
+             f"--env {args.env} has {action_space} and {observation_space} (discrete actions run with "
+             "stream_ac_discrete.py)")
+    if args.device == "cpu":  # tiny nets: XLA:CPU's thread hand-offs cost more than the kernels (README, Speed)
         jax.config.update("jax_platforms", "cpu")
-        # For nets this small, XLA:CPU's hand-offs between threads cost more than the kernels:
-        # run each call in this thread (the action is needed at once anyway), schedule its
-        # kernels as one chain, and keep every thread JAX starts on the core this run is on
-        # (the OS starts parallel runs on different cores). See README, Speed.
-        jax.config.update("jax_cpu_enable_async_dispatch", False)
+        jax.config.update("jax_cpu_enable_async_dispatch", False)  # the action is needed at once anyway
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-        if hasattr(os, "sched_setaffinity"):
+        if hasattr(os, "sched_setaffinity"):  # JAX's threads stay on the core the OS started this run on
             os.sched_setaffinity(0, {ctypes.CDLL(None).sched_getcpu()})
-
+    elif jax.default_backend() != "gpu":
+        fail("--device gpu, but JAX finds no GPU here (install jax[cuda12], or use --device cpu)")
     if args.track:
         import wandb
 
@@ -467,23 +428,23 @@ if __name__ == "__main__":
     envs.action_space.seed(args.seed)
     obs, _ = envs.reset(seed=seeds)
 
-    # One jitted call per env step for all agents: it updates each agent on the transition it just
-    # saw and returns its next action. jax.vmap batches the agents, so they share the call's fixed
-    # cost; the state is donated (updated in place); the only host transfer is `out`. The weights
-    # live in one flat vector each, as ObGD sees them: fewer buffers in and out of every call.
-    low, high = envs.single_action_space.low, envs.single_action_space.high
-    actor, critic = Actor(envs.single_action_space.shape[0], args.hidden_size), Critic(args.hidden_size)
+    # One jitted call per env step for all agents (jax.vmap: they share the call's fixed cost) updates each
+    # agent and returns its next action; the state is donated, `out` is the only host transfer. Each network's
+    # weights are one flat vector, as ObGD sees them: fewer buffers in and out of every call.
+    actor, critic = Actor(action_space.shape[0], args.hidden_size), Critic(args.hidden_size)
     x0 = np.zeros(obs.shape[-1] + 1, np.float32)
     unravel_policy, unravel_value = unravel_fn(actor, x0), unravel_fn(critic, x0)
-    kwargs = dict(actor=actor, critic=critic, unravel_policy=unravel_policy, unravel_value=unravel_value,
-                  args=args, max_episode_steps=envs.get_attr("spec")[0].max_episode_steps or 1000, low=low, high=high)
-    step_fn = jax.jit(jax.vmap(partial(train_step, **kwargs)), donate_argnums=0)
-    obs = np.asarray(obs, np.float32)
+    kwargs = dict(actor=actor, critic=critic, unravel_policy=unravel_policy, unravel_value=unravel_value, args=args,
+                  max_episode_steps=envs.get_attr("spec")[0].max_episode_steps or 1000, low=action_space.low,
+                  high=action_space.high)
+    optimizers = dict(policy_optimizer=obgd(args.lr, args.gamma, args.lamda, args.kappa_policy),
+                      value_optimizer=obgd(args.lr, args.gamma, args.lamda, args.kappa_value))
+    step_fn = jax.jit(jax.vmap(partial(train_step, **optimizers, **kwargs)), donate_argnums=0)
+    start_fn, obs = partial(start, **optimizers, **kwargs), np.asarray(obs, np.float32)
     if saved is not None:  # the saved agent in AgentState's structure, one copy per seed
-        template = jax.eval_shape(partial(start, **kwargs), keys[0], obs[0], None)[0]
-        saved = jax.tree.map(lambda x: np.broadcast_to(x, (args.num_seeds, *np.shape(x))),
-                             flax.serialization.from_state_dict(template, saved))
-    state, out = jax.jit(jax.vmap(partial(start, **kwargs)))(keys, obs, saved)
+        saved = jax.tree.map(lambda x: np.broadcast_to(x, (args.num_seeds, *np.shape(x))), flax.serialization
+                             .from_state_dict(jax.eval_shape(start_fn, keys[0], obs[0], None)[0], saved))
+    state, out = jax.jit(jax.vmap(start_fn))(keys, obs, saved)
     action = np.asarray(out)[:, :-3]
 
     start_step = 0 if saved is None else int(saved.global_step[0])  # --load-model goes on from the saved step
@@ -492,34 +453,29 @@ if __name__ == "__main__":
         for global_step in range(start_step + 1, start_step + args.total_steps + 1):
             obs, reward, terminated, truncated, info = envs.step(action)
             done = terminated | truncated
-            ended = np.flatnonzero(done)  # the agents whose env was reset in this step
             reset_obs = np.asarray(obs, np.float32)  # where an episode ended, the reset observation
-            next_obs = reset_obs.copy() if len(ended) else reset_obs
-            for i in ended:
+            next_obs = reset_obs.copy() if done.any() else reset_obs
+            for i in np.flatnonzero(done):
                 next_obs[i] = info["final_obs"][i]
             state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs)
             out = np.asarray(out)
-            action = out[:, :-3]
-            diagnostics = out[:, -len(DIAGNOSTICS):]  # TD error first
-            if not np.isfinite(diagnostics[:, 0]).all():
+            action, diagnostics = out[:, :-3], out[:, -len(DIAGNOSTICS):]
+            if not np.isfinite(diagnostics[:, 0]).all():  # the TD error
                 i = np.flatnonzero(~np.isfinite(diagnostics[:, 0]))[0]
                 fail(f"non-finite TD error at global_step={global_step} for seed {seeds[i]}; "
                      f"logs so far are in runs/{run_names[i]}")
-
-            for i in ended:
-                episodic_return = float(info["final_info"]["episode"]["r"][i])
-                episodic_length = int(info["final_info"]["episode"]["l"][i])
+            for i in np.flatnonzero(done):
+                episodic_return, episodic_length = (float(info["final_info"]["episode"][k][i]) for k in "rl")
                 writers[i].add_scalar("charts/episodic_return", episodic_return, global_step)
                 writers[i].add_scalar("charts/episodic_length", episodic_length, global_step)
                 if args.debug:
                     print(f"seed={seeds[i]}, global_step={global_step}, episodic_return={episodic_return:.1f}, "
-                          f"episodic_length={episodic_length}")
+                          f"episodic_length={episodic_length:.0f}")
             diagnostic_sums += np.abs(diagnostics)
             if global_step % 1000 == 0:
                 sps = int((global_step - start_step) / (time.time() - start_time))
                 for writer, means in zip(writers, diagnostic_sums / (global_step - logged_step)):
-                    writer.add_scalar("charts/SPS", sps, global_step)
-                    for tag, value in zip(DIAGNOSTICS, means):
+                    for tag, value in zip(("charts/SPS", *DIAGNOSTICS), (sps, *means)):
                         writer.add_scalar(tag, value, global_step)
                 diagnostic_sums[:], logged_step = 0.0, global_step
             if interrupted:
