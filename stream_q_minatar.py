@@ -1,14 +1,11 @@
-"""Stream Q(λ) on MinAtar: Watkins' Q(λ) with eligibility traces and a small conv net, one
-update per step, no replay buffer.
+"""Stream Q(λ) on MinAtar: Watkins' Q(λ) with eligibility traces, ObGD and a small conv net, one update per
+step, no replay buffer.
 
-Elsayed, Vasan, Mahmood 2024, "Streaming Deep Reinforcement Learning Finally Works",
-arXiv 2410.14606 (Algorithm "Stream Q(λ)"); reference code github.com/mohmdelsayed/streaming-drl
-(commit 407dca7, stream_q_minatar.py). Deliberate differences from the reference:
-- the (10, 10, C) observation stays channels-last (flax's layout); the conv computes the same
-  function as the reference's channels-first one, and flattening in another order only permutes
-  the inputs of the next, randomly initialised, dense layer;
-- running statistics are float32 (the reference uses float64);
-- the env is seeded on the first reset and its action space is seeded too.
+Elsayed, Vasan, Mahmood 2024, "Streaming Deep Reinforcement Learning Finally Works", arXiv 2410.14606,
+Algorithm "Stream Q(λ)"; reference code github.com/mohmdelsayed/streaming-drl (407dca7, stream_q_minatar.py).
+Differences from the reference: the (10, 10, C) observation stays channels-last (flax's layout: the conv
+computes the same function, and flattening in another order only permutes the inputs of the next, randomly
+initialised, layer); running statistics are float32; the env's action space is seeded.
 """
 import ctypes
 import glob
@@ -30,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import minatar.gym
 import numpy as np
+import optax
 import tyro
 from tensorboardX import SummaryWriter
 
@@ -86,6 +84,7 @@ class Args:
     """fraction of total-steps over which epsilon decays linearly from start-e to end-e"""
 
 
+
 class RenderUpscaled(gym.Wrapper):
     """MinAtar renders (10, 10, 3) floats in [0, 1]: 32x larger uint8 frames make a video one can watch."""
 
@@ -103,38 +102,31 @@ def make_env(env_id: str, video_folder: str | None = None) -> gym.Env:
         env = gym.wrappers.RecordVideo(RenderUpscaled(env), video_folder)
     return gym.wrappers.RecordEpisodeStatistics(env)
 
-
 def leaky_relu(x):
-    """leaky_relu(0.01) with torch's gradient 0.01 at exactly 0 (jax.nn.leaky_relu's is 1): after
-    sparse init a small fan_in zeroes every input weight, so first-layer units start at exactly 0."""
+    """leaky_relu(0.01) with torch's gradient 0.01 at 0 (jax.nn's is 1): sparse init with fan_in <= 9
+    zeroes every input weight, so first-layer units start at exactly 0 (SPEC §2)."""
     return jnp.where(x > 0, x, 0.01 * x)
 
 
 def sparse_init(sparsity: float = 0.9):
-    """Flax kernel initializer: uniform in ±1/sqrt(fan_in), then exactly ceil(sparsity * fan_in)
-    inputs of every output unit set to zero (a random permutation per unit).
-
-    Works for dense kernels (fan_in, fan_out) and conv kernels (kh, kw, in_c, out_c), where
-    fan_in = kh * kw * in_c. Source: reference sparse_init.py; Elsayed et al. 2024, Section 3.
-    """
+    """Flax kernel initialiser (reference sparse_init.py; paper §3): uniform in ±1/sqrt(fan_in), then exactly
+    ceil(sparsity * fan_in) inputs of each output unit zeroed; fan_in = prod(shape[:-1]), dense or conv."""
 
     def init(key, shape, dtype=jnp.float32):
         fan_in, fan_out = math.prod(shape[:-1]), shape[-1]
-        bound = 1.0 / math.sqrt(fan_in)
         key_w, key_p = jax.random.split(key)
-        kernel = jax.random.uniform(key_w, (fan_in, fan_out), dtype, -bound, bound)
-        # a random permutation of the inputs per output unit: the ranks of uniform noise
+        kernel = jax.random.uniform(key_w, (fan_in, fan_out), dtype, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+        # ranks of uniform noise: a random permutation of the inputs per output unit
         ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key_p, (fan_in, fan_out)), axis=0), axis=0)
-        keep = ranks >= math.ceil(sparsity * fan_in)
-        return (kernel * keep).reshape(shape)
+        return (kernel * (ranks >= math.ceil(sparsity * fan_in))).reshape(shape)
 
     return init
 
 
 class QNetwork(nn.Module):
-    """obs (..., 10, 10, C) float32 -> Q-values (..., n_actions) float32: conv 16 3x3 valid ->
-    LayerNorm over all of 8x8x16 -> leaky_relu -> flatten (1024) -> dense -> LayerNorm ->
-    leaky_relu(0.01) -> dense. LayerNorms have no scale or bias. Source: reference stream_q_minatar.py."""
+    """(..., 10, 10, C) float32 -> Q-values (..., n_actions) (reference stream_q_minatar.py): conv 16 3x3 valid
+    -> LayerNorm over all of 8x8x16 -> leaky_relu -> flatten -> dense -> LayerNorm -> leaky_relu -> dense;
+    the LayerNorms have no scale or bias."""
 
     n_actions: int
     hidden_size: int = 128
@@ -142,92 +134,73 @@ class QNetwork(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = nn.Conv(16, (3, 3), padding="VALID", kernel_init=sparse_init())(x)
-        x = nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False, reduction_axes=(-3, -2, -1))(x)
-        x = leaky_relu(x)
-        x = x.reshape(*x.shape[:-3], -1)
-        x = nn.Dense(self.hidden_size, kernel_init=sparse_init())(x)
-        x = nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x)
-        x = leaky_relu(x)
+        x = leaky_relu(nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False, reduction_axes=(-3, -2, -1))(x))
+        x = nn.Dense(self.hidden_size, kernel_init=sparse_init())(x.reshape(*x.shape[:-3], -1))
+        x = leaky_relu(nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x))
         return nn.Dense(self.n_actions, kernel_init=sparse_init())(x)
 
 
 class RunningStats(NamedTuple):
-    """Welford statistics of a stream: mean, sum of squared deviations p, count (float32)."""
+    """Welford statistics of a stream, float32 (reference normalization_wrappers.py): the first sample sets
+    the mean; the variance is unbiased (ddof 1), and 1 while fewer than 2 samples were seen."""
 
     mean: jax.Array
-    p: jax.Array
+    p: jax.Array  # sum of squared deviations from the mean
     count: jax.Array
 
+    def update(self, x):
+        count = self.count + 1
+        mean = self.mean + (x - self.mean) / count
+        return RunningStats(mean, self.p + (x - self.mean) * (x - mean), count)
 
-def welford_update(stats: RunningStats, x: jax.Array) -> RunningStats:
-    """Add one sample x (same shape as stats.mean) to the running statistics (Welford 1962).
-    From zeros, the first sample sets the mean to x. Source: reference normalization_wrappers.py."""
-    count = stats.count + 1
-    mean = stats.mean + (x - stats.mean) / count
-    return RunningStats(mean, stats.p + (x - stats.mean) * (x - mean), count)
+    def var(self):
+        return jnp.where(self.count < 2, 1.0, self.p / jnp.maximum(self.count - 1, 1))
 
-
-def variance(stats: RunningStats) -> jax.Array:
-    """Unbiased variance (ddof 1); 1 while fewer than 2 samples were seen."""
-    return jnp.where(stats.count < 2, 1.0, stats.p / jnp.maximum(stats.count - 1, 1))
-
-
-def normalize(stats: RunningStats, x: jax.Array) -> jax.Array:
-    """(x - mean) / sqrt(var + 1e-8), elementwise."""
-    return (x - stats.mean) / jnp.sqrt(variance(stats) + 1e-8)
+    def normalize(self, x):
+        return (x - self.mean) / jnp.sqrt(self.var() + 1e-8)
 
 
 def observe(obs_stats: RunningStats, obs):
-    """Update the per-element statistics with obs FIRST, then normalise it (no time feature on
-    MinAtar). Returns (obs_stats, normalised obs of obs's shape, float32)."""
-    obs_stats = welford_update(obs_stats, obs)
-    return obs_stats, normalize(obs_stats, obs)
+    """Raw obs (10, 10, C) -> (obs_stats updated with it FIRST, then obs normalised per element, float32);
+    no time feature on MinAtar."""
+    obs_stats = obs_stats.update(obs)
+    return obs_stats, obs_stats.normalize(obs)
 
 
-def scale_reward(stats: RunningStats, reward_trace, reward, done, gamma: float):
-    """Reward scaling of the reference's ScaleReward wrapper: u <- gamma * u * (1 - done) + r,
-    Welford statistics of u, emit r / sqrt(var(u) + 1e-8); no mean subtraction, no clipping.
-    Returns (stats, reward_trace, scaled_reward), all float32."""
+def scale_reward(reward_stats: RunningStats, reward_trace, reward, done, gamma: float):
+    """The reference's ScaleReward: u <- gamma * u * (1 - done) + r, Welford statistics of u, emit
+    r / sqrt(var(u) + 1e-8). Returns (reward_stats, reward_trace, scaled reward), float32."""
     reward_trace = gamma * reward_trace * (1.0 - done) + reward
-    stats = welford_update(stats, reward_trace)
-    return stats, reward_trace, reward / jnp.sqrt(variance(stats) + 1e-8)
+    reward_stats = reward_stats.update(reward_trace)
+    return reward_stats, reward_trace, reward / jnp.sqrt(reward_stats.var() + 1e-8)
 
 
-def obgd(params, eligibility_trace, grads, delta, reset, *, kappa, gamma, lamda, lr=1.0):
-    """Overshooting-bounded gradient descent (ObGD), Elsayed et al. 2024, Algorithm 3.
+class ObGDState(NamedTuple):
+    eligibility_trace: optax.Updates  # z, shaped like the parameters
+    step_size: jax.Array  # the last lr / max(M, 1), logged as charts/obgd_step_size
 
-    z <- gamma*lamda*z + g;  M = lr*kappa*max(|delta|,1)*sum|z|;  theta <- theta - lr/max(M,1)*delta*z;
-    then z <- 0 where reset. params, eligibility_trace, grads: float32 vectors (or pytrees) of equal
-    shapes; delta: scalar TD error; reset: scalar bool. Returns (params, eligibility_trace, the
-    effective step size lr/max(M,1), float32).
-    """
-    eligibility_trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, eligibility_trace, grads)
-    z_sum = sum(jnp.abs(z).sum() for z in jax.tree.leaves(eligibility_trace))
-    bound = lr * kappa * jnp.maximum(jnp.abs(delta), 1.0) * z_sum
-    step_size = jnp.minimum(lr, lr / bound)  # = lr / max(M, 1); XLA:CPU runs this form faster (SARSA 67 vs 77 us)
-    params = jax.tree.map(lambda w, z: w - step_size * delta * z, params, eligibility_trace)
-    eligibility_trace = jax.tree.map(lambda z: jnp.where(reset, 0.0, z), eligibility_trace)
-    return params, eligibility_trace, step_size
+
+def obgd(lr: float, gamma: float, lamda: float, kappa: float) -> optax.GradientTransformationExtraArgs:
+    """The paper's overshooting-bounded gradient descent as optax; update(grads, state, delta=δ, reset=bool):
+        z <- gamma*lamda*z + g;   M = lr*kappa*max(|δ|, 1)*sum|z|;   updates = -lr/max(M, 1)*δ*z;   z <- 0 if reset
+    for a gradient g whose -δ*g is the TD(λ) direction."""
+
+    def init(params):
+        return ObGDState(jax.tree.map(jnp.zeros_like, params), jnp.float32(lr))
+
+    def update(grads, state, params=None, *, delta, reset, **extra_args):
+        trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, state.eligibility_trace, grads)
+        bound = lr * kappa * jnp.maximum(jnp.abs(delta), 1.0) * sum(jnp.abs(z).sum() for z in jax.tree.leaves(trace))
+        step_size = jnp.minimum(lr, lr / bound)  # = lr / max(M, 1); XLA:CPU runs this form faster (SARSA 67 vs 77 us)
+        updates = jax.tree.map(lambda z: -step_size * delta * z, trace)
+        return updates, ObGDState(jax.tree.map(lambda z: jnp.where(reset, 0.0, z), trace), step_size)
+
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def linear_schedule(start_e: float, end_e: float, duration: float, t):
     """Epsilon at the t-th action (t = 1 for the first), decaying linearly over duration actions."""
     return jnp.maximum(start_e + (end_e - start_e) * t / duration, end_e)
-
-
-class AgentState(NamedTuple):
-    """Everything the jitted step reads and writes; donated, so it never leaves the device."""
-
-    params: dict
-    eligibility_trace: dict
-    obs_stats: RunningStats
-    reward_stats: RunningStats
-    reward_trace: jax.Array  # discounted sum of raw rewards, for reward scaling
-    obs: jax.Array  # normalised current observation, (10, 10, C)
-    action: jax.Array  # action taken in obs, int32
-    nongreedy: jax.Array  # whether that action differs from argmax q(obs), bool
-    global_step: jax.Array  # steps taken in all, int32
-    key: jax.Array  # the run's key; step t uses fold_in(key, t)
 
 
 def epsilon_greedy(q_values, key, epsilon):
@@ -239,89 +212,93 @@ def epsilon_greedy(q_values, key, epsilon):
     return action, action != greedy
 
 
-# ALGO LOGIC: the first observation
-def start(key, obs, saved: AgentState | None, *, q_network, args: Args):
-    """Initialise the agent, or take the weights, statistics and global_step of a saved one
-    (--load-model), on the reset observation obs (10, 10, C) and pick the first action.
-    Returns (AgentState, out) with out = [action, epsilon, 0.0, 0.0] float32, as from train_step."""
+class AgentState(NamedTuple):
+    """Everything the jitted step reads and writes; donated, so it never leaves the device."""
+
+    params: dict  # the network's weights, Flax's dict
+    opt_state: ObGDState
+    obs_stats: RunningStats
+    reward_stats: RunningStats
+    reward_trace: jax.Array  # discounted sum of raw rewards, for reward scaling
+    norm_obs: jax.Array  # the current observation, normalised, (10, 10, C)
+    action: jax.Array  # the action taken in it, int32
+    nongreedy: jax.Array  # whether that action differs from argmax q, bool
+    global_step: jax.Array  # steps taken in all, int32
+    key: jax.Array  # the run's key; the action at global_step t uses fold_in(key, t)
+
+
+# ALGO LOGIC: learn from the transition just seen, then act
+def learn(state: AgentState, norm_next_obs, reward, done, *, q_network, optimizer, args: Args):
+    """The paper's Stream Q(λ) update on (state.norm_obs, state.action, reward, norm_next_obs, done); reward
+    scaled, done float32 (bootstraps through neither end). Returns (the state with new weights and trace, δ)."""
+
+    # TD ERROR with the pre-update weights; g = grad of -q(s, a); s and s' in one forward pass
+    def td_terms(params):
+        q_values = q_network.apply(params, jnp.stack([state.norm_obs, norm_next_obs]))
+        return -q_values[0, state.action], q_values[1].max()
+
+    (neg_q, next_q), grads = jax.value_and_grad(td_terms, has_aux=True)(state.params)
+    delta = reward + args.gamma * next_q * (1.0 - done) + neg_q
+    # OBGD; Watkins' Q(λ) cuts the trace after a non-greedy action too
+    updates, opt_state = optimizer.update(grads, state.opt_state, delta=delta, reset=(done > 0) | state.nongreedy)
+    return state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state), delta
+
+
+def act(state: AgentState, norm_obs, q_values, args: Args):
+    """NEXT ACTION: epsilon-greedy on q_values (n_actions,) of norm_obs, at the epsilon of action
+    global_step + 1. Returns (the state acting in norm_obs, [action, epsilon] float32)."""
+    epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_steps,
+                              state.global_step + 1)
+    key = jax.random.fold_in(state.key, state.global_step)  # a fresh key per step, none to carry
+    action, nongreedy = epsilon_greedy(q_values, key, epsilon)
+    return state._replace(norm_obs=norm_obs, action=action, nongreedy=nongreedy), jnp.stack([action, epsilon])
+
+
+def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_network, optimizer, args: Args):
+    """One env step: learn from (state.norm_obs, state.action, reward, next_obs, done), then act in next_obs,
+    or in reset_obs if the episode ended. next_obs, reset_obs: (10, 10, C) float32 raw; reward: float32 raw;
+    done: bool. Returns (state, out = [action, epsilon, δ, ObGD step size] float32: the only host transfer)."""
+    done = jnp.asarray(done, jnp.float32)
+    obs_stats, norm_next_obs = observe(state.obs_stats, next_obs)
+    reward_stats, reward_trace, reward = scale_reward(state.reward_stats, state.reward_trace, reward, done, args.gamma)
+    state = state._replace(reward_stats=reward_stats, reward_trace=reward_trace, global_step=state.global_step + 1)
+    state, delta = learn(state, norm_next_obs, reward, done, q_network=q_network, optimizer=optimizer, args=args)
+    # after a terminal step, the next action is taken in the reset observation
+    reset_stats, norm_reset_obs = observe(obs_stats, reset_obs)
+    obs_stats, norm_obs = jax.tree.map(lambda a, b: jnp.where(done > 0, a, b), (reset_stats, norm_reset_obs),
+                                       (obs_stats, norm_next_obs))
+    state = state._replace(obs_stats=obs_stats)
+    state, out = act(state, norm_obs, q_network.apply(state.params, norm_obs), args)
+    return state, jnp.append(out, jnp.stack([delta, state.opt_state.step_size]))
+
+
+def start(key, obs, saved: AgentState | None, *, q_network, optimizer, args: Args):
+    """A new agent, or the saved one (--load-model: its weights, statistics and global_step), acting in the
+    reset observation obs (10, 10, C) raw. Returns (state, out) as train_step does, with δ and step size 0."""
     key_init, key = jax.random.split(key)
-    if saved is None:  # a new agent: sparse-initialised weights, no statistics yet
-        params = q_network.init(key_init, jnp.zeros(obs.shape))
-        obs_stats = RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), jnp.float32(0.0))
-        reward_stats, global_step = RunningStats(jnp.float32(0.0), jnp.float32(0.0), jnp.float32(0.0)), jnp.int32(0)
-    else:
-        params, obs_stats, reward_stats, global_step = saved.params, saved.obs_stats, saved.reward_stats, \
-            saved.global_step
-    obs_stats, x = observe(obs_stats, obs)
-    epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_steps, global_step + 1)
-    action, nongreedy = epsilon_greedy(q_network.apply(params, x), jax.random.fold_in(key, 0), epsilon)
-    state = AgentState(
-        params=params,
-        eligibility_trace=jax.tree.map(jnp.zeros_like, params),
-        obs_stats=obs_stats,
-        reward_stats=reward_stats,
-        reward_trace=jnp.float32(0.0),
-        obs=x,
-        action=action,
-        nongreedy=nongreedy,
-        global_step=global_step,
-        key=key,
-    )
-    return state, jnp.stack([action.astype(jnp.float32), epsilon, 0.0, 0.0])
+    params = q_network.init(key_init, jnp.zeros(obs.shape))
+    zero = jnp.float32(0.0)
+    state = AgentState(params, optimizer.init(params), RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), zero),
+                       RunningStats(zero, zero, zero), zero, None, None, None, jnp.int32(0), key)
+    if saved is not None:
+        state = state._replace(params=saved.params, obs_stats=saved.obs_stats, reward_stats=saved.reward_stats,
+                               global_step=saved.global_step)
+    obs_stats, norm_obs = observe(state.obs_stats, obs)
+    state, out = act(state._replace(obs_stats=obs_stats), norm_obs, q_network.apply(state.params, norm_obs),
+                     args)
+    return state, jnp.append(out, jnp.zeros(2))
 
 
 # the tags of out's last columns, logged as means of |.| since the last log
 DIAGNOSTICS = ("losses/td_error", "charts/obgd_step_size")
 
 
-# ALGO LOGIC: one environment step
-def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_network, args: Args):
-    """Learn from the transition (state.obs, state.action, reward, next_obs, done), then pick
-    the action for the next observation: next_obs, or reset_obs when the episode ended.
-
-    next_obs, reset_obs: (10, 10, C) float32 raw observations; reward: float32 raw reward;
-    done: bool, terminated or truncated (the reference bootstraps through neither).
-    Returns (AgentState, out) with out = [next action, its epsilon, TD error, ObGD step size] float32:
-    the only host transfer.
-    Equations: Elsayed et al. 2024, Algorithm "Stream Q(λ)"; reference stream_q.py.
-    """
-    done = jnp.asarray(done, jnp.float32)
-    obs_stats, next_x = observe(state.obs_stats, next_obs)
-    reward_stats, reward_trace, reward = scale_reward(state.reward_stats, state.reward_trace, reward, done, args.gamma)
-
-    # TD error with the pre-update weights; g = grad of -q(s, a)
-    def td_terms(params):
-        q_values = q_network.apply(params, jnp.stack([state.obs, next_x]))  # s and s' in one pass
-        return -q_values[0, state.action], q_values[1].max()
-
-    (neg_q, next_q), grads = jax.value_and_grad(td_terms, has_aux=True)(state.params)
-    delta = reward + args.gamma * next_q * (1.0 - done) + neg_q
-    params, eligibility_trace, step_size = obgd(
-        state.params, state.eligibility_trace, grads, delta, (done > 0) | state.nongreedy,
-        kappa=args.kappa, gamma=args.gamma, lamda=args.lamda, lr=args.lr,
-    )
-
-    # after a terminal step the next action comes from the reset observation
-    reset_stats, reset_x = observe(obs_stats, reset_obs)
-    obs_stats = jax.tree.map(lambda a, b: jnp.where(done > 0, a, b), reset_stats, obs_stats)
-    x = jnp.where(done > 0, reset_x, next_x)
-
-    global_step = state.global_step + 1
-    epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_steps, global_step + 1)
-    key = jax.random.fold_in(state.key, global_step)  # a fresh key per step, no key to carry
-    action, nongreedy = epsilon_greedy(q_network.apply(params, x), key, epsilon)
-    state = AgentState(params, eligibility_trace, obs_stats, reward_stats, reward_trace, x, action, nongreedy,
-                       global_step, state.key)
-    return state, jnp.stack([action.astype(jnp.float32), epsilon, delta, step_size])
-
-
 def evaluate_step(state: AgentState, obs, new_episode, *, q_network, args: Args):
-    """CleanRL's evaluation policy: epsilon-greedy with epsilon 0.05 in obs (10, 10, C) raw, learning
-    off and the normaliser frozen; new_episode is unused (no time feature). Returns (state, action)."""
+    """CleanRL's evaluation: epsilon-greedy with epsilon 0.05 in obs (10, 10, C) raw, learning off, the normaliser
+    frozen; new_episode is unused (no time feature). Returns (state, action)."""
     key = jax.random.fold_in(state.key, state.global_step + 1)
-    action, _ = epsilon_greedy(q_network.apply(state.params, normalize(state.obs_stats, obs)), key, 0.05)
+    action, _ = epsilon_greedy(q_network.apply(state.params, state.obs_stats.normalize(obs)), key, 0.05)
     return state._replace(global_step=state.global_step + 1), action
-
 
 def fail(message: str):
     """Exit with a one-line error on stderr."""
@@ -336,9 +313,8 @@ def save_model(path: str, state: AgentState, args: Args):
 
 
 def load_model(path: str, args: Args) -> dict:
-    """The agent's state dict in a save_model file (flax.serialization.from_state_dict rebuilds the
-    AgentState). Exits with a one-line error if the file is missing, unreadable, or from another script,
-    env or network size."""
+    """The agent's state dict in a save_model file; a one-line error if the file is missing, unreadable,
+    or from another script, env or network size."""
     try:
         with open(path, "rb") as f:
             saved = flax.serialization.msgpack_restore(f.read())
@@ -353,24 +329,24 @@ def load_model(path: str, args: Args) -> dict:
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    if args.total_steps < 0 or (args.total_steps == 0 and not args.load_model):
-        fail(f"--total-steps must be a positive integer (0 only with --load-model), got {args.total_steps}")
-    if args.num_seeds <= 0:
-        fail(f"--num-seeds must be a positive integer, got {args.num_seeds}")
-    if args.eval_episodes < 0:
-        fail(f"--eval-episodes must be 0 or more, got {args.eval_episodes}")
-    if args.vectorization_mode not in ("sync", "async"):
-        fail(f"--vectorization-mode must be one of sync, async; got {args.vectorization_mode!r}")
-    if args.device not in ("cpu", "gpu"):
-        fail(f"--device must be one of cpu, gpu; got {args.device!r}")
+    for flag, value, ok, want in [
+        ("--total-steps", args.total_steps, args.total_steps > 0 or (args.total_steps == 0 and args.load_model),
+         "a positive integer (0 only with --load-model)"),
+        ("--num-seeds", args.num_seeds, args.num_seeds > 0, "a positive integer"),
+        ("--eval-episodes", args.eval_episodes, args.eval_episodes >= 0, "0 or more"),
+        ("--vectorization-mode", args.vectorization_mode, args.vectorization_mode in ("sync", "async"),
+         "sync or async"),
+        ("--device", args.device, args.device in ("cpu", "gpu"), "cpu or gpu"),
+    ]:
+        if not ok:
+            fail(f"{flag} must be {want}, got {value!r}")
     saved = load_model(args.load_model, args) if args.load_model else None
     seeds = [args.seed + i for i in range(args.num_seeds)]
     run_names = [f"{re.sub(r'[^A-Za-z0-9_.-]', '_', args.env)}__{args.exp_name}__{seed}__{int(time.time())}"
                  for seed in seeds]
 
-    # One env per agent; made before JAX starts, so async workers fork from a process without its
-    # threads and are not pinned to this run's core. SAME_STEP autoreset: after a terminal step the
-    # returned observation is the reset one and info["final_obs"] the terminal one.
+    # One env per agent, made before JAX starts (async workers fork without its threads). SAME_STEP
+    # autoreset: after a terminal step obs is the reset observation, info["final_obs"] the terminal one.
     def make_envs(video_folder: str | None):
         vector_env = gym.vector.AsyncVectorEnv if args.vectorization_mode == "async" else gym.vector.SyncVectorEnv
         env_fns = [partial(make_env, args.env, video_folder if i == 0 else None) for i in range(args.num_seeds)]
@@ -380,35 +356,24 @@ if __name__ == "__main__":
     try:
         envs = make_envs(f"videos/{run_names[0]}" if args.capture_video else None)
     except gym.error.Error as e:
-        hint = " (MinAtar games run with stream_q_minatar.py, Atari with stream_q_atari.py, dm_control with " \
-               "stream_ac_continuous.py)"
-        fail(f"--env {args.env!r} cannot be made: {str(e).splitlines()[0]}{hint}")
+        fail(f"--env {args.env!r} cannot be made: {str(e).splitlines()[0]} (MinAtar games run with "
+             "stream_q_minatar.py, Atari with stream_q_atari.py, dm_control with stream_ac_continuous.py)")
     interrupted = []  # Ctrl-C ends the run after the step it came in, so no library is cut off midway
     signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-        fail(f"{os.path.basename(__file__)} needs a Discrete action space; --env {args.env} has "
-             f"{envs.single_action_space} (continuous actions run with stream_ac_continuous.py)")
-    if not (isinstance(envs.single_observation_space, gym.spaces.Box)
-            and envs.single_observation_space.shape[:2] == (10, 10) and len(envs.single_observation_space.shape) == 3):
-        fail(f"{os.path.basename(__file__)} needs a MinAtar/<Game>-v1 id with (10, 10, C) observations; "
-             f"--env {args.env} has {envs.single_observation_space}")
-    if args.device == "gpu":
-        try:
-            jax.config.update("jax_default_device", jax.devices("gpu")[0])
-        except RuntimeError:
-            fail("--device gpu, but JAX finds no GPU here (install jax[cuda12], or use --device cpu)")
-    else:
+    action_space, observation_space = envs.single_action_space, envs.single_observation_space
+    if not (isinstance(action_space, gym.spaces.Discrete) and isinstance(observation_space, gym.spaces.Box)
+            and observation_space.shape[:2] == (10, 10) and len(observation_space.shape) == 3):
+        fail(f"{os.path.basename(__file__)} needs a Discrete action space and a MinAtar/<Game>-v1 id with (10, 10, C) "
+             f"observations; --env {args.env} has {action_space} and {observation_space}")
+    if args.device == "cpu":  # tiny nets: XLA:CPU's thread hand-offs cost more than the kernels (README, Speed)
         jax.config.update("jax_platforms", "cpu")
-        # For nets this small, XLA:CPU's hand-offs between threads cost more than the kernels:
-        # run each call in this thread (the action is needed at once anyway), schedule its
-        # kernels as one chain, and keep every thread JAX starts on the core this run is on
-        # (the OS starts parallel runs on different cores). See README, Speed.
-        jax.config.update("jax_cpu_enable_async_dispatch", False)
+        jax.config.update("jax_cpu_enable_async_dispatch", False)  # the action is needed at once anyway
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-        if hasattr(os, "sched_setaffinity"):
+        if hasattr(os, "sched_setaffinity"):  # JAX's threads stay on the core the OS started this run on
             os.sched_setaffinity(0, {ctypes.CDLL(None).sched_getcpu()})
-
+    elif jax.default_backend() != "gpu":
+        fail("--device gpu, but JAX finds no GPU here (install jax[cuda12], or use --device cpu)")
     if args.track:
         import wandb
 
@@ -427,17 +392,17 @@ if __name__ == "__main__":
     envs.action_space.seed(args.seed)
     obs, _ = envs.reset(seed=seeds)
 
-    # One jitted call per env step for all agents: it updates each agent on the transition it just
-    # saw and returns its next action. jax.vmap batches the agents, so they share the call's fixed
-    # cost; the state is donated (updated in place); the only host transfer is `out`.
-    kwargs = dict(q_network=QNetwork(envs.single_action_space.n, args.hidden_size), args=args)
-    step_fn = jax.jit(jax.vmap(partial(train_step, **kwargs)), donate_argnums=0)
-    obs = np.asarray(obs, np.float32)
+    # One jitted call per env step for all agents (jax.vmap: they share the call's fixed cost) updates each
+    # agent and returns its next action; the state is donated, `out` is the only host transfer. Each network's
+    # weights stay Flax's dict here (conv kernels).
+    kwargs = dict(q_network=QNetwork(action_space.n, args.hidden_size), args=args)
+    optimizers = dict(optimizer=obgd(args.lr, args.gamma, args.lamda, args.kappa))
+    step_fn = jax.jit(jax.vmap(partial(train_step, **optimizers, **kwargs)), donate_argnums=0)
+    start_fn, obs = partial(start, **optimizers, **kwargs), np.asarray(obs, np.float32)
     if saved is not None:  # the saved agent in AgentState's structure, one copy per seed
-        template = jax.eval_shape(partial(start, **kwargs), keys[0], obs[0], None)[0]
-        saved = jax.tree.map(lambda x: np.broadcast_to(x, (args.num_seeds, *np.shape(x))),
-                             flax.serialization.from_state_dict(template, saved))
-    state, out = jax.jit(jax.vmap(partial(start, **kwargs)))(keys, obs, saved)
+        saved = jax.tree.map(lambda x: np.broadcast_to(x, (args.num_seeds, *np.shape(x))), flax.serialization
+                             .from_state_dict(jax.eval_shape(start_fn, keys[0], obs[0], None)[0], saved))
+    state, out = jax.jit(jax.vmap(start_fn))(keys, obs, saved)
     action = np.asarray(out)[:, 0].astype(np.int64)
 
     start_step = 0 if saved is None else int(saved.global_step[0])  # --load-model goes on from the saved step
@@ -446,35 +411,30 @@ if __name__ == "__main__":
         for global_step in range(start_step + 1, start_step + args.total_steps + 1):
             obs, reward, terminated, truncated, info = envs.step(action)
             done = terminated | truncated
-            ended = np.flatnonzero(done)  # the agents whose env was reset in this step
             reset_obs = np.asarray(obs, np.float32)  # where an episode ended, the reset observation
-            next_obs = reset_obs.copy() if len(ended) else reset_obs
-            for i in ended:
+            next_obs = reset_obs.copy() if done.any() else reset_obs
+            for i in np.flatnonzero(done):
                 next_obs[i] = info["final_obs"][i]
             state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs)
             out = np.asarray(out)
-            action, epsilon = out[:, 0].astype(np.int64), out[:, 1]
-            diagnostics = out[:, -len(DIAGNOSTICS):]  # TD error first
-            if not np.isfinite(diagnostics[:, 0]).all():
+            action, epsilon, diagnostics = out[:, 0].astype(np.int64), out[:, 1], out[:, -len(DIAGNOSTICS):]
+            if not np.isfinite(diagnostics[:, 0]).all():  # the TD error
                 i = np.flatnonzero(~np.isfinite(diagnostics[:, 0]))[0]
                 fail(f"non-finite TD error at global_step={global_step} for seed {seeds[i]}; "
                      f"logs so far are in runs/{run_names[i]}")
-
-            for i in ended:
-                episodic_return = float(info["final_info"]["episode"]["r"][i])
-                episodic_length = int(info["final_info"]["episode"]["l"][i])
+            for i in np.flatnonzero(done):
+                episodic_return, episodic_length = (float(info["final_info"]["episode"][k][i]) for k in "rl")
                 writers[i].add_scalar("charts/episodic_return", episodic_return, global_step)
                 writers[i].add_scalar("charts/episodic_length", episodic_length, global_step)
                 writers[i].add_scalar("charts/epsilon", epsilon[i], global_step)
                 if args.debug:
                     print(f"seed={seeds[i]}, global_step={global_step}, episodic_return={episodic_return:.1f}, "
-                          f"episodic_length={episodic_length}, epsilon={epsilon[i]:.3f}")
+                          f"episodic_length={episodic_length:.0f}, epsilon={epsilon[i]:.3f}")
             diagnostic_sums += np.abs(diagnostics)
             if global_step % 1000 == 0:
                 sps = int((global_step - start_step) / (time.time() - start_time))
                 for writer, means in zip(writers, diagnostic_sums / (global_step - logged_step)):
-                    writer.add_scalar("charts/SPS", sps, global_step)
-                    for tag, value in zip(DIAGNOSTICS, means):
+                    for tag, value in zip(("charts/SPS", *DIAGNOSTICS), (sps, *means)):
                         writer.add_scalar(tag, value, global_step)
                 diagnostic_sums[:], logged_step = 0.0, global_step
             if interrupted:
