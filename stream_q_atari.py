@@ -1,18 +1,15 @@
-"""Stream Q(λ) on Atari: Watkins' Q(λ) with eligibility traces and a conv net, one update per
-step, no replay buffer.
+"""Stream Q(λ) on Atari: Watkins' Q(λ) with eligibility traces, ObGD and a conv net, one update per step, no
+replay buffer.
 
-Elsayed, Vasan, Mahmood 2024, "Streaming Deep Reinforcement Learning Finally Works",
-arXiv 2410.14606 (Algorithm "Stream Q(λ)"); reference code github.com/mohmdelsayed/streaming-drl
-(commit 407dca7, stream_q_atari.py). Preprocessing as the reference: no-op reset (<= 30), frame
-skip 4 with a max over the last two frames, 84x84 grayscale, FIRE on reset, per-pixel observation
-normalisation, a stack of 4 normalised frames, reward scaling without clipping; a lost life ends
-the episode for learning (bootstrap cut, traces zeroed) but the game is reset only when it is over,
-so charts/episodic_return is the full-game score. Deliberate differences from the reference:
-- the stack of 4 frames is kept inside the jitted step (after normalisation, which runs there),
-  channels-last (flax's layout): the same function as the reference's channels-first net up to a
-  permutation of the inputs of the randomly initialised dense layer;
-- running statistics are float32 (the reference uses float64);
-- the env is seeded on the first reset and its action space is seeded too.
+Elsayed, Vasan, Mahmood 2024, "Streaming Deep Reinforcement Learning Finally Works", arXiv 2410.14606,
+Algorithm "Stream Q(λ)"; reference code github.com/mohmdelsayed/streaming-drl (407dca7, stream_q_atari.py).
+Preprocessing as the reference's: no-op reset (<= 30), frame skip 4 with a max over the last two frames, 84x84
+grayscale, FIRE on reset, per-pixel observation normalisation, a stack of 4 normalised frames, reward scaling
+without clipping; a lost life ends the episode for learning (bootstrap cut, traces zeroed) but the game is reset
+only when it is over, so charts/episodic_return is the full-game score. Differences from the reference: the
+frame stack is kept in the jitted step (after normalisation, which runs there), channels-last (flax's layout:
+the same function up to a permutation of the inputs of the randomly initialised dense layer); running
+statistics are float32; the env's action space is seeded.
 """
 import ctypes
 import glob
@@ -34,6 +31,7 @@ import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import tyro
 from tensorboardX import SummaryWriter
 
@@ -118,28 +116,22 @@ def make_env(env_id: str, video_folder: str | None = None) -> gym.Env:
 
 
 def leaky_relu(x):
-    """leaky_relu(0.01) with torch's gradient 0.01 at exactly 0 (jax.nn.leaky_relu's is 1): after
-    sparse init a small fan_in zeroes every input weight, so first-layer units start at exactly 0."""
+    """leaky_relu(0.01) with torch's gradient 0.01 at 0 (jax.nn's is 1): sparse init with fan_in <= 9
+    zeroes every input weight, so first-layer units start at exactly 0 (SPEC §2)."""
     return jnp.where(x > 0, x, 0.01 * x)
 
 
 def sparse_init(sparsity: float = 0.9):
-    """Flax kernel initializer: uniform in ±1/sqrt(fan_in), then exactly ceil(sparsity * fan_in)
-    inputs of every output unit set to zero (a random permutation per unit).
-
-    Works for dense kernels (fan_in, fan_out) and conv kernels (kh, kw, in_c, out_c), where
-    fan_in = kh * kw * in_c. Source: reference sparse_init.py; Elsayed et al. 2024, Section 3.
-    """
+    """Flax kernel initialiser (reference sparse_init.py; paper §3): uniform in ±1/sqrt(fan_in), then exactly
+    ceil(sparsity * fan_in) inputs of each output unit zeroed; fan_in = prod(shape[:-1]), dense or conv."""
 
     def init(key, shape, dtype=jnp.float32):
         fan_in, fan_out = math.prod(shape[:-1]), shape[-1]
-        bound = 1.0 / math.sqrt(fan_in)
         key_w, key_p = jax.random.split(key)
-        kernel = jax.random.uniform(key_w, (fan_in, fan_out), dtype, -bound, bound)
-        # a random permutation of the inputs per output unit: the ranks of uniform noise
+        kernel = jax.random.uniform(key_w, (fan_in, fan_out), dtype, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+        # ranks of uniform noise: a random permutation of the inputs per output unit
         ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key_p, (fan_in, fan_out)), axis=0), axis=0)
-        keep = ranks >= math.ceil(sparsity * fan_in)
-        return (kernel * keep).reshape(shape)
+        return (kernel * (ranks >= math.ceil(sparsity * fan_in))).reshape(shape)
 
     return init
 
@@ -157,94 +149,74 @@ class QNetwork(nn.Module):
     def __call__(self, x):
         for features, size, stride in ((32, 8, 5), (64, 4, 3), (64, 3, 2)):
             x = nn.Conv(features, (size, size), (stride, stride), padding="VALID", kernel_init=sparse_init())(x)
-            x = nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False, reduction_axes=(-3, -2, -1))(x)
-            x = leaky_relu(x)
+            x = leaky_relu(nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False, reduction_axes=(-3, -2, -1))(x))
         x = x.reshape(*x.shape[:-3], -1)
         x = nn.Dense(self.hidden_size, kernel_init=sparse_init())(x)
-        x = nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x)
-        x = leaky_relu(x)
+        x = leaky_relu(nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x))
         return nn.Dense(self.n_actions, kernel_init=sparse_init())(x)
 
 
 class RunningStats(NamedTuple):
-    """Welford statistics of a stream: mean, sum of squared deviations p, count (float32)."""
+    """Welford statistics of a stream, float32 (reference normalization_wrappers.py): the first sample sets
+    the mean; the variance is unbiased (ddof 1), and 1 while fewer than 2 samples were seen."""
 
     mean: jax.Array
-    p: jax.Array
+    p: jax.Array  # sum of squared deviations from the mean
     count: jax.Array
 
+    def update(self, x):
+        count = self.count + 1
+        mean = self.mean + (x - self.mean) / count
+        return RunningStats(mean, self.p + (x - self.mean) * (x - mean), count)
 
-def welford_update(stats: RunningStats, x: jax.Array) -> RunningStats:
-    """Add one sample x (same shape as stats.mean) to the running statistics (Welford 1962).
-    From zeros, the first sample sets the mean to x. Source: reference normalization_wrappers.py."""
-    count = stats.count + 1
-    mean = stats.mean + (x - stats.mean) / count
-    return RunningStats(mean, stats.p + (x - stats.mean) * (x - mean), count)
+    def var(self):
+        return jnp.where(self.count < 2, 1.0, self.p / jnp.maximum(self.count - 1, 1))
 
-
-def variance(stats: RunningStats) -> jax.Array:
-    """Unbiased variance (ddof 1); 1 while fewer than 2 samples were seen."""
-    return jnp.where(stats.count < 2, 1.0, stats.p / jnp.maximum(stats.count - 1, 1))
-
-
-def normalize(stats: RunningStats, x: jax.Array) -> jax.Array:
-    """(x - mean) / sqrt(var + 1e-8), elementwise."""
-    return (x - stats.mean) / jnp.sqrt(variance(stats) + 1e-8)
+    def normalize(self, x):
+        return (x - self.mean) / jnp.sqrt(self.var() + 1e-8)
 
 
 def observe(obs_stats: RunningStats, obs):
-    """Update the per-element statistics with obs FIRST, then normalise it (no time feature on
-    Atari). Returns (obs_stats, normalised obs of obs's shape, float32)."""
-    obs_stats = welford_update(obs_stats, obs)
-    return obs_stats, normalize(obs_stats, obs)
+    """Raw frame (84, 84) -> (obs_stats updated with it FIRST, then the frame normalised per pixel, float32);
+    no time feature on Atari."""
+    obs_stats = obs_stats.update(obs)
+    return obs_stats, obs_stats.normalize(obs)
 
 
-def scale_reward(stats: RunningStats, reward_trace, reward, done, gamma: float):
-    """Reward scaling of the reference's ScaleReward wrapper: u <- gamma * u * (1 - done) + r,
-    Welford statistics of u, emit r / sqrt(var(u) + 1e-8); no mean subtraction, no clipping.
-    Returns (stats, reward_trace, scaled_reward), all float32."""
+def scale_reward(reward_stats: RunningStats, reward_trace, reward, done, gamma: float):
+    """The reference's ScaleReward: u <- gamma * u * (1 - done) + r, Welford statistics of u, emit
+    r / sqrt(var(u) + 1e-8). Returns (reward_stats, reward_trace, scaled reward), float32."""
     reward_trace = gamma * reward_trace * (1.0 - done) + reward
-    stats = welford_update(stats, reward_trace)
-    return stats, reward_trace, reward / jnp.sqrt(variance(stats) + 1e-8)
+    reward_stats = reward_stats.update(reward_trace)
+    return reward_stats, reward_trace, reward / jnp.sqrt(reward_stats.var() + 1e-8)
 
 
-def obgd(params, eligibility_trace, grads, delta, reset, *, kappa, gamma, lamda, lr=1.0):
-    """Overshooting-bounded gradient descent (ObGD), Elsayed et al. 2024, Algorithm 3.
+class ObGDState(NamedTuple):
+    eligibility_trace: optax.Updates  # z, shaped like the parameters
+    step_size: jax.Array  # the last lr / max(M, 1), logged as charts/obgd_step_size
 
-    z <- gamma*lamda*z + g;  M = lr*kappa*max(|delta|,1)*sum|z|;  theta <- theta - lr/max(M,1)*delta*z;
-    then z <- 0 where reset. params, eligibility_trace, grads: float32 vectors (or pytrees) of equal
-    shapes; delta: scalar TD error; reset: scalar bool. Returns (params, eligibility_trace, the
-    effective step size lr/max(M,1), float32).
-    """
-    eligibility_trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, eligibility_trace, grads)
-    z_sum = sum(jnp.abs(z).sum() for z in jax.tree.leaves(eligibility_trace))
-    bound = lr * kappa * jnp.maximum(jnp.abs(delta), 1.0) * z_sum
-    step_size = jnp.minimum(lr, lr / bound)  # = lr / max(M, 1); XLA:CPU runs this form faster (SARSA 67 vs 77 us)
-    params = jax.tree.map(lambda w, z: w - step_size * delta * z, params, eligibility_trace)
-    eligibility_trace = jax.tree.map(lambda z: jnp.where(reset, 0.0, z), eligibility_trace)
-    return params, eligibility_trace, step_size
+
+def obgd(lr: float, gamma: float, lamda: float, kappa: float) -> optax.GradientTransformationExtraArgs:
+    """The paper's overshooting-bounded gradient descent as optax; update(grads, state, delta=δ, reset=bool):
+        z <- gamma*lamda*z + g;   M = lr*kappa*max(|δ|, 1)*sum|z|;   updates = -lr/max(M, 1)*δ*z;   z <- 0 if reset
+    for a gradient g whose -δ*g is the TD(λ) direction."""
+
+    def init(params):
+        return ObGDState(jax.tree.map(jnp.zeros_like, params), jnp.float32(lr))
+
+    def update(grads, state, params=None, *, delta, reset, **extra_args):
+        trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, state.eligibility_trace, grads)
+        bound = lr * kappa * jnp.maximum(jnp.abs(delta), 1.0) * sum(jnp.abs(z).sum() for z in jax.tree.leaves(trace))
+        step_size = jnp.minimum(lr, lr / bound)  # = lr / max(M, 1); XLA:CPU runs this form faster (SARSA 67 vs 77 us)
+        updates = jax.tree.map(lambda z: -step_size * delta * z, trace)
+        return updates, ObGDState(jax.tree.map(lambda z: jnp.where(reset, 0.0, z), trace), step_size)
+
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def linear_schedule(start_e: float, end_e: float, duration: float, t):
     """Epsilon at the t-th action (t = 1 for the first), decaying linearly over duration actions."""
     return jnp.maximum(start_e + (end_e - start_e) * t / duration, end_e)
-
-
-class AgentState(NamedTuple):
-    """Everything the jitted step reads and writes; donated, so it never leaves the device."""
-
-    params: dict
-    eligibility_trace: dict
-    obs_stats: RunningStats
-    reward_stats: RunningStats
-    reward_trace: jax.Array  # discounted sum of raw rewards, for reward scaling
-    frames: jax.Array  # the last 4 normalised frames, oldest first, (84, 84, 4)
-    action: jax.Array  # action taken in frames, int32
-    nongreedy: jax.Array  # whether that action differs from argmax q(frames), bool
-    q_value: jax.Array  # q(frames, action), float32
-    grads: dict  # gradient of -q(frames, action), like params
-    global_step: jax.Array  # steps taken in all, int32
-    key: jax.Array  # the run's key; step t uses fold_in(key, t)
 
 
 def epsilon_greedy(q_values, key, epsilon):
@@ -256,105 +228,102 @@ def epsilon_greedy(q_values, key, epsilon):
     return action, action != greedy
 
 
-def act(q_network, params, x, key, epsilon):
-    """Pick an epsilon-greedy action in frames x (84, 84, 4) and, with the same weights, take the
-    gradient of -q(x, action) that the next update needs: on frames this large the forward pass,
-    not the number of kernels, sets the cost, and this saves one per step (measured: 640 -> 475 us).
-    Returns (action int32, nongreedy bool, q(x, action) float32, grads like params)."""
-    q_values, vjp = jax.vjp(lambda p: q_network.apply(p, x), params)
+class AgentState(NamedTuple):
+    """Everything the jitted step reads and writes; donated, so it never leaves the device."""
+
+    params: dict  # the network's weights, Flax's dict
+    opt_state: ObGDState
+    obs_stats: RunningStats
+    reward_stats: RunningStats
+    reward_trace: jax.Array  # discounted sum of raw rewards, for reward scaling
+    frames: jax.Array  # the last 4 normalised frames, oldest first, (84, 84, 4)
+    action: jax.Array  # the action taken in them, int32
+    nongreedy: jax.Array  # whether that action differs from argmax q, bool
+    q_value: jax.Array  # q(frames, action), float32
+    grads: dict  # the gradient of -q(frames, action), like params
+    global_step: jax.Array  # steps taken in all, int32
+    key: jax.Array  # the run's key; the action at global_step t uses fold_in(key, t)
+
+
+# ALGO LOGIC: learn from the transition just seen, then act
+def learn(state: AgentState, next_frames, reward, done, *, q_network, optimizer, args: Args):
+    """The paper's Stream Q(λ) update on (state.frames, state.action, reward, next_frames, done); reward scaled,
+    done float32 (a lost life, terminated or truncated: bootstraps through none). Returns (the state with new
+    weights and trace, δ)."""
+    # TD ERROR with the pre-update weights; q(s, a) and g = grad of -q(s, a) were taken by act()
+    next_q = q_network.apply(state.params, next_frames).max()
+    delta = reward + args.gamma * next_q * (1.0 - done) - state.q_value
+    # OBGD; Watkins' Q(λ) cuts the trace after a non-greedy action too
+    updates, opt_state = optimizer.update(state.grads, state.opt_state, delta=delta,
+                                          reset=(done > 0) | state.nongreedy)
+    return state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state), delta
+
+
+def act(state: AgentState, frames, *, q_network, args: Args):
+    """NEXT ACTION: epsilon-greedy in frames (84, 84, 4), at the epsilon of action global_step + 1, and from the
+    same forward pass the gradient of -q(frames, action) that the next update needs (frames this large make the
+    forward pass the cost: this saves one per step, 640 -> 475 us). Returns (the state acting in frames,
+    [action, epsilon] float32)."""
+    epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_steps,
+                              state.global_step + 1)
+    key = jax.random.fold_in(state.key, state.global_step)  # a fresh key per step, none to carry
+    q_values, vjp = jax.vjp(lambda params: q_network.apply(params, frames), state.params)
     action, nongreedy = epsilon_greedy(q_values, key, epsilon)
     (grads,) = vjp(-jax.nn.one_hot(action, q_values.shape[-1]))
-    return action, nongreedy, q_values[action], grads
+    state = state._replace(frames=frames, action=action, nongreedy=nongreedy, q_value=q_values[action], grads=grads)
+    return state, jnp.stack([action, epsilon])
 
 
-# ALGO LOGIC: the first observation
-def start(key, obs, saved: AgentState | None, *, q_network, args: Args):
-    """Initialise the agent, or take the weights, statistics and global_step of a saved one
-    (--load-model), on the reset frame obs (84, 84) and pick the first action.
-    Returns (AgentState, out) with out = [action, epsilon, 0.0, 0.0] float32, as from train_step."""
+def train_step(state: AgentState, next_obs, reward, done, reset_obs, game_over, *, q_network, optimizer, args: Args):
+    """One env step: learn from (state.frames, state.action, reward, next_obs, done), then act in the frames with
+    next_obs pushed on, or reset_obs 4 times if the game is over. next_obs, reset_obs: (84, 84) float32 raw;
+    reward: float32 raw (not clipped); done: bool, a life lost, terminated or truncated; game_over: bool,
+    terminated or truncated (the env was reset). Returns (state, out = [action, epsilon, δ, ObGD step size]
+    float32: the only host transfer)."""
+    done = jnp.asarray(done, jnp.float32)
+    obs_stats, norm_next_obs = observe(state.obs_stats, next_obs)
+    next_frames = jnp.concatenate([state.frames[..., 1:], norm_next_obs[..., None]], axis=-1)
+    reward_stats, reward_trace, reward = scale_reward(state.reward_stats, state.reward_trace, reward, done, args.gamma)
+    state = state._replace(reward_stats=reward_stats, reward_trace=reward_trace, global_step=state.global_step + 1)
+    state, delta = learn(state, next_frames, reward, done, q_network=q_network, optimizer=optimizer, args=args)
+    # after a game over, the next action is taken in the reset frame; after a lost life the game goes on
+    reset_stats, norm_reset_obs = observe(obs_stats, reset_obs)
+    obs_stats, frames = jax.tree.map(lambda a, b: jnp.where(game_over, a, b), (reset_stats, jnp.repeat(
+        norm_reset_obs[..., None], 4, axis=-1)), (obs_stats, next_frames))
+    state, out = act(state._replace(obs_stats=obs_stats), frames, q_network=q_network, args=args)
+    return state, jnp.append(out, jnp.stack([delta, state.opt_state.step_size]))
+
+
+def start(key, obs, saved: AgentState | None, *, q_network, optimizer, args: Args):
+    """A new agent, or the saved one (--load-model: its weights, statistics and global_step), acting in 4 copies
+    of the reset frame obs (84, 84) raw. Returns (state, out) as train_step does, with δ and step size 0."""
     key_init, key = jax.random.split(key)
-    if saved is None:  # a new agent: sparse-initialised weights, no statistics yet
-        params = q_network.init(key_init, jnp.zeros((*obs.shape, 4)))
-        obs_stats = RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), jnp.float32(0.0))
-        reward_stats, global_step = RunningStats(jnp.float32(0.0), jnp.float32(0.0), jnp.float32(0.0)), jnp.int32(0)
-    else:
-        params, obs_stats, reward_stats, global_step = saved.params, saved.obs_stats, saved.reward_stats, \
-            saved.global_step
-    obs_stats, x = observe(obs_stats, obs)
-    x = jnp.repeat(x[..., None], 4, axis=-1)  # the stack starts as 4 copies of the reset frame
-    epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_steps, global_step + 1)
-    action, nongreedy, q_value, grads = act(q_network, params, x, jax.random.fold_in(key, 0), epsilon)
-    state = AgentState(
-        params=params,
-        eligibility_trace=jax.tree.map(jnp.zeros_like, params),
-        obs_stats=obs_stats,
-        reward_stats=reward_stats,
-        reward_trace=jnp.float32(0.0),
-        frames=x,
-        action=action,
-        nongreedy=nongreedy,
-        q_value=q_value,
-        grads=grads,
-        global_step=global_step,
-        key=key,
-    )
-    return state, jnp.stack([action.astype(jnp.float32), epsilon, 0.0, 0.0])
+    params = q_network.init(key_init, jnp.zeros((*obs.shape, 4)))
+    zero = jnp.float32(0.0)
+    state = AgentState(params, optimizer.init(params), RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), zero),
+                       RunningStats(zero, zero, zero), zero, None, None, None, None, None, jnp.int32(0), key)
+    if saved is not None:
+        state = state._replace(params=saved.params, obs_stats=saved.obs_stats, reward_stats=saved.reward_stats,
+                               global_step=saved.global_step)
+    obs_stats, norm_obs = observe(state.obs_stats, obs)
+    state, out = act(state._replace(obs_stats=obs_stats), jnp.repeat(norm_obs[..., None], 4, axis=-1),
+                     q_network=q_network, args=args)
+    return state, jnp.append(out, jnp.zeros(2))
 
 
 # the tags of out's last columns, logged as means of |.| since the last log
 DIAGNOSTICS = ("losses/td_error", "charts/obgd_step_size")
 
 
-# ALGO LOGIC: one environment step
-def train_step(state: AgentState, next_obs, reward, done, reset_obs, game_over, *, q_network, args: Args):
-    """Learn from the transition (state.frames, state.action, reward, next_obs, done), then pick
-    the action for the next frames: next_obs pushed onto the stack, or reset_obs repeated 4 times
-    when the game is over.
-
-    next_obs, reset_obs: (84, 84) float32 raw frames; reward: float32 raw reward (not clipped);
-    done: bool, a life lost, terminated or truncated (the reference bootstraps through none);
-    game_over: bool, terminated or truncated, the env was reset and reset_obs is its first frame.
-    Returns (AgentState, out) with out = [next action, its epsilon, TD error, ObGD step size] float32:
-    the only host transfer.
-    Equations: Elsayed et al. 2024, Algorithm "Stream Q(λ)"; reference stream_q.py.
-    """
-    done = jnp.asarray(done, jnp.float32)
-    obs_stats, next_x = observe(state.obs_stats, next_obs)
-    next_x = jnp.concatenate([state.frames[..., 1:], next_x[..., None]], axis=-1)
-    reward_stats, reward_trace, reward = scale_reward(state.reward_stats, state.reward_trace, reward, done, args.gamma)
-
-    # TD error with the pre-update weights; q(s, a) and g = grad of -q(s, a) were taken in act()
-    next_q = q_network.apply(state.params, next_x).max()
-    delta = reward + args.gamma * next_q * (1.0 - done) - state.q_value
-    params, eligibility_trace, step_size = obgd(
-        state.params, state.eligibility_trace, state.grads, delta, (done > 0) | state.nongreedy,
-        kappa=args.kappa, gamma=args.gamma, lamda=args.lamda, lr=args.lr,
-    )
-
-    # after a game over the next action comes from the reset frame; after a lost life the game goes on
-    reset_stats, reset_x = observe(obs_stats, reset_obs)
-    obs_stats = jax.tree.map(lambda a, b: jnp.where(game_over, a, b), reset_stats, obs_stats)
-    x = jnp.where(game_over, jnp.repeat(reset_x[..., None], 4, axis=-1), next_x)
-
-    global_step = state.global_step + 1
-    epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_steps, global_step + 1)
-    key = jax.random.fold_in(state.key, global_step)  # a fresh key per step, no key to carry
-    action, nongreedy, q_value, grads = act(q_network, params, x, key, epsilon)
-    state = AgentState(params, eligibility_trace, obs_stats, reward_stats, reward_trace, x, action, nongreedy,
-                       q_value, grads, global_step, state.key)
-    return state, jnp.stack([action.astype(jnp.float32), epsilon, delta, step_size])
-
-
 def evaluate_step(state: AgentState, obs, new_episode, *, q_network, args: Args):
-    """CleanRL's evaluation policy: epsilon-greedy with epsilon 0.05 after pushing the frame obs (84, 84)
-    raw onto the stack (4 copies when new_episode: a new game), learning off and the normaliser frozen.
-    Returns (state, action)."""
-    x = normalize(state.obs_stats, obs)[..., None]
-    frames = jnp.where(new_episode, jnp.repeat(x, 4, axis=-1), jnp.concatenate([state.frames[..., 1:], x], axis=-1))
+    """CleanRL's evaluation: epsilon-greedy with epsilon 0.05 after pushing the frame obs (84, 84) raw onto the
+    stack (4 copies when new_episode: a new game), learning off, the normaliser frozen. Returns (state, action)."""
+    norm_obs = state.obs_stats.normalize(obs)[..., None]
+    frames = jnp.where(new_episode, jnp.repeat(norm_obs, 4, axis=-1),
+                       jnp.concatenate([state.frames[..., 1:], norm_obs], axis=-1))
     key = jax.random.fold_in(state.key, state.global_step + 1)
     action, _ = epsilon_greedy(q_network.apply(state.params, frames), key, 0.05)
     return state._replace(frames=frames, global_step=state.global_step + 1), action
-
 
 def fail(message: str):
     """Exit with a one-line error on stderr."""
@@ -369,9 +338,8 @@ def save_model(path: str, state: AgentState, args: Args):
 
 
 def load_model(path: str, args: Args) -> dict:
-    """The agent's state dict in a save_model file (flax.serialization.from_state_dict rebuilds the
-    AgentState). Exits with a one-line error if the file is missing, unreadable, or from another script,
-    env or network size."""
+    """The agent's state dict in a save_model file; a one-line error if the file is missing, unreadable,
+    or from another script, env or network size."""
     try:
         with open(path, "rb") as f:
             saved = flax.serialization.msgpack_restore(f.read())
@@ -386,24 +354,24 @@ def load_model(path: str, args: Args) -> dict:
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    if args.total_steps < 0 or (args.total_steps == 0 and not args.load_model):
-        fail(f"--total-steps must be a positive integer (0 only with --load-model), got {args.total_steps}")
-    if args.num_seeds <= 0:
-        fail(f"--num-seeds must be a positive integer, got {args.num_seeds}")
-    if args.eval_episodes < 0:
-        fail(f"--eval-episodes must be 0 or more, got {args.eval_episodes}")
-    if args.vectorization_mode not in ("sync", "async"):
-        fail(f"--vectorization-mode must be one of sync, async; got {args.vectorization_mode!r}")
-    if args.device not in ("cpu", "gpu"):
-        fail(f"--device must be one of cpu, gpu; got {args.device!r}")
+    for flag, value, ok, want in [
+        ("--total-steps", args.total_steps, args.total_steps > 0 or (args.total_steps == 0 and args.load_model),
+         "a positive integer (0 only with --load-model)"),
+        ("--num-seeds", args.num_seeds, args.num_seeds > 0, "a positive integer"),
+        ("--eval-episodes", args.eval_episodes, args.eval_episodes >= 0, "0 or more"),
+        ("--vectorization-mode", args.vectorization_mode, args.vectorization_mode in ("sync", "async"),
+         "sync or async"),
+        ("--device", args.device, args.device in ("cpu", "gpu"), "cpu or gpu"),
+    ]:
+        if not ok:
+            fail(f"{flag} must be {want}, got {value!r}")
     saved = load_model(args.load_model, args) if args.load_model else None
     seeds = [args.seed + i for i in range(args.num_seeds)]
     run_names = [f"{re.sub(r'[^A-Za-z0-9_.-]', '_', args.env)}__{args.exp_name}__{seed}__{int(time.time())}"
                  for seed in seeds]
 
-    # One env per agent; made before JAX starts, so async workers fork from a process without its
-    # threads and are not pinned to this run's core. SAME_STEP autoreset: after a terminal step the
-    # returned observation is the reset one and info["final_obs"] the terminal one.
+    # One env per agent, made before JAX starts (async workers fork without its threads). SAME_STEP
+    # autoreset: after a terminal step obs is the reset observation, info["final_obs"] the terminal one.
     def make_envs(video_folder: str | None):
         vector_env = gym.vector.AsyncVectorEnv if args.vectorization_mode == "async" else gym.vector.SyncVectorEnv
         env_fns = [partial(make_env, args.env, video_folder if i == 0 else None) for i in range(args.num_seeds)]
@@ -413,35 +381,24 @@ if __name__ == "__main__":
     try:
         envs = make_envs(f"videos/{run_names[0]}" if args.capture_video else None)
     except gym.error.Error as e:
-        hint = " (MinAtar games run with stream_q_minatar.py, Atari with stream_q_atari.py, dm_control with " \
-               "stream_ac_continuous.py)"
-        fail(f"--env {args.env!r} cannot be made: {str(e).splitlines()[0]}{hint}")
+        fail(f"--env {args.env!r} cannot be made: {str(e).splitlines()[0]} (MinAtar games run with "
+             "stream_q_minatar.py, Atari with stream_q_atari.py, dm_control with stream_ac_continuous.py)")
     interrupted = []  # Ctrl-C ends the run after the step it came in, so no library is cut off midway
     signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-        fail(f"{os.path.basename(__file__)} needs a Discrete action space; --env {args.env} has "
-             f"{envs.single_action_space} (continuous actions run with stream_ac_continuous.py)")
-    if not (isinstance(envs.single_observation_space, gym.spaces.Box)
-            and envs.single_observation_space.shape == (84, 84)):
-        fail(f"{os.path.basename(__file__)} needs (84, 84) frames; --env {args.env} has "
-             f"{envs.single_observation_space}")
-    if args.device == "gpu":
-        try:
-            jax.config.update("jax_default_device", jax.devices("gpu")[0])
-        except RuntimeError:
-            fail("--device gpu, but JAX finds no GPU here (install jax[cuda12], or use --device cpu)")
-    else:
+    action_space, observation_space = envs.single_action_space, envs.single_observation_space
+    if not (isinstance(action_space, gym.spaces.Discrete) and isinstance(observation_space, gym.spaces.Box)
+            and observation_space.shape == (84, 84)):
+        fail(f"{os.path.basename(__file__)} needs a Discrete action space and (84, 84) frames; --env {args.env} has "
+             f"{action_space} and {observation_space}")
+    if args.device == "cpu":  # tiny nets: XLA:CPU's thread hand-offs cost more than the kernels (README, Speed)
         jax.config.update("jax_platforms", "cpu")
-        # For nets this small, XLA:CPU's hand-offs between threads cost more than the kernels:
-        # run each call in this thread (the action is needed at once anyway), schedule its
-        # kernels as one chain, and keep every thread JAX starts on the core this run is on
-        # (the OS starts parallel runs on different cores). See README, Speed.
-        jax.config.update("jax_cpu_enable_async_dispatch", False)
+        jax.config.update("jax_cpu_enable_async_dispatch", False)  # the action is needed at once anyway
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-        if hasattr(os, "sched_setaffinity"):
+        if hasattr(os, "sched_setaffinity"):  # JAX's threads stay on the core the OS started this run on
             os.sched_setaffinity(0, {ctypes.CDLL(None).sched_getcpu()})
-
+    elif jax.default_backend() != "gpu":
+        fail("--device gpu, but JAX finds no GPU here (install jax[cuda12], or use --device cpu)")
     if args.track:
         import wandb
 
@@ -461,17 +418,17 @@ if __name__ == "__main__":
     obs, info = envs.reset(seed=seeds)
     lives = info["lives"]
 
-    # One jitted call per env step for all agents: it updates each agent on the transition it just
-    # saw and returns its next action. jax.vmap batches the agents, so they share the call's fixed
-    # cost; the state is donated (updated in place); the only host transfer is `out`.
-    kwargs = dict(q_network=QNetwork(envs.single_action_space.n, args.hidden_size), args=args)
-    step_fn = jax.jit(jax.vmap(partial(train_step, **kwargs)), donate_argnums=0)
-    obs = np.asarray(obs, np.float32)
+    # One jitted call per env step for all agents (jax.vmap: they share the call's fixed cost) updates each
+    # agent and returns its next action; the state is donated, `out` is the only host transfer. Each network's
+    # weights stay Flax's dict here (conv kernels).
+    kwargs = dict(q_network=QNetwork(action_space.n, args.hidden_size), args=args)
+    optimizers = dict(optimizer=obgd(args.lr, args.gamma, args.lamda, args.kappa))
+    step_fn = jax.jit(jax.vmap(partial(train_step, **optimizers, **kwargs)), donate_argnums=0)
+    start_fn, obs = partial(start, **optimizers, **kwargs), np.asarray(obs, np.float32)
     if saved is not None:  # the saved agent in AgentState's structure, one copy per seed
-        template = jax.eval_shape(partial(start, **kwargs), keys[0], obs[0], None)[0]
-        saved = jax.tree.map(lambda x: np.broadcast_to(x, (args.num_seeds, *np.shape(x))),
-                             flax.serialization.from_state_dict(template, saved))
-    state, out = jax.jit(jax.vmap(partial(start, **kwargs)))(keys, obs, saved)
+        saved = jax.tree.map(lambda x: np.broadcast_to(x, (args.num_seeds, *np.shape(x))), flax.serialization
+                             .from_state_dict(jax.eval_shape(start_fn, keys[0], obs[0], None)[0], saved))
+    state, out = jax.jit(jax.vmap(start_fn))(keys, obs, saved)
     action = np.asarray(out)[:, 0].astype(np.int64)
 
     start_step = 0 if saved is None else int(saved.global_step[0])  # --load-model goes on from the saved step
@@ -482,35 +439,30 @@ if __name__ == "__main__":
             game_over = terminated | truncated
             done = game_over | (info["lives"] < lives)  # a lost life ends the episode for learning only
             lives = info["lives"]
-            ended = np.flatnonzero(game_over)  # the agents whose env was reset in this step
             reset_obs = np.asarray(obs, np.float32)  # where a game ended, the reset frame
-            next_obs = reset_obs.copy() if len(ended) else reset_obs
-            for i in ended:
+            next_obs = reset_obs.copy() if game_over.any() else reset_obs
+            for i in np.flatnonzero(game_over):
                 next_obs[i] = info["final_obs"][i]
             state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs, game_over)
             out = np.asarray(out)
-            action, epsilon = out[:, 0].astype(np.int64), out[:, 1]
-            diagnostics = out[:, -len(DIAGNOSTICS):]  # TD error first
-            if not np.isfinite(diagnostics[:, 0]).all():
+            action, epsilon, diagnostics = out[:, 0].astype(np.int64), out[:, 1], out[:, -len(DIAGNOSTICS):]
+            if not np.isfinite(diagnostics[:, 0]).all():  # the TD error
                 i = np.flatnonzero(~np.isfinite(diagnostics[:, 0]))[0]
                 fail(f"non-finite TD error at global_step={global_step} for seed {seeds[i]}; "
                      f"logs so far are in runs/{run_names[i]}")
-
-            for i in ended:
-                episodic_return = float(info["final_info"]["episode"]["r"][i])
-                episodic_length = int(info["final_info"]["episode"]["l"][i])
+            for i in np.flatnonzero(game_over):
+                episodic_return, episodic_length = (float(info["final_info"]["episode"][k][i]) for k in "rl")
                 writers[i].add_scalar("charts/episodic_return", episodic_return, global_step)
                 writers[i].add_scalar("charts/episodic_length", episodic_length, global_step)
                 writers[i].add_scalar("charts/epsilon", epsilon[i], global_step)
                 if args.debug:
                     print(f"seed={seeds[i]}, global_step={global_step}, episodic_return={episodic_return:.1f}, "
-                          f"episodic_length={episodic_length}, epsilon={epsilon[i]:.3f}")
+                          f"episodic_length={episodic_length:.0f}, epsilon={epsilon[i]:.3f}")
             diagnostic_sums += np.abs(diagnostics)
             if global_step % 1000 == 0:
                 sps = int((global_step - start_step) / (time.time() - start_time))
                 for writer, means in zip(writers, diagnostic_sums / (global_step - logged_step)):
-                    writer.add_scalar("charts/SPS", sps, global_step)
-                    for tag, value in zip(DIAGNOSTICS, means):
+                    for tag, value in zip(("charts/SPS", *DIAGNOSTICS), (sps, *means)):
                         writer.add_scalar(tag, value, global_step)
                 diagnostic_sums[:], logged_step = 0.0, global_step
             if interrupted:
