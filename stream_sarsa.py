@@ -404,9 +404,9 @@ if __name__ == "__main__":
     unravel = unravel_fn(q_network, np.zeros(obs.shape[-1] + 1, np.float32))
     kwargs = dict(q_network=q_network, unravel=unravel, args=args,
                   max_episode_steps=envs.get_attr("spec")[0].max_episode_steps)
-    optimizer = obgd(args.lr, args.gamma, args.lamda, args.kappa)
-    step_fn = jax.jit(jax.vmap(partial(train_step, optimizer=optimizer, **kwargs)), donate_argnums=0)
-    start_fn, obs = partial(start, optimizer=optimizer, **kwargs), np.asarray(obs, np.float32)
+    optimizers = dict(optimizer=obgd(args.lr, args.gamma, args.lamda, args.kappa))
+    step_fn = jax.jit(jax.vmap(partial(train_step, **optimizers, **kwargs)), donate_argnums=0)
+    start_fn, obs = partial(start, **optimizers, **kwargs), np.asarray(obs, np.float32)
     if saved is not None:  # the saved agent in AgentState's structure, one copy per seed
         saved = jax.tree.map(lambda x: np.broadcast_to(x, (args.num_seeds, *np.shape(x))), flax.serialization
                              .from_state_dict(jax.eval_shape(start_fn, keys[0], obs[0], None)[0], saved))

@@ -93,7 +93,7 @@ def test_minatar_train_step_against_numpy(nongreedy, done):
     obs_shape, hidden_size = (10, 10, 1), 3
     args = stream_q_minatar.Args(hidden_size=hidden_size, total_steps=1000)
     net = stream_q_minatar.QNetwork(3, hidden_size)
-    kw = dict(q_network=net, args=args)
+    kw = dict(q_network=net, args=args, optimizer=stream_q_minatar.obgd(args.lr, args.gamma, args.lamda, args.kappa))
     rng = np.random.default_rng(0)
     obs, next_obs = (rng.random(obs_shape) < 0.3).astype(np.float32), (rng.random(obs_shape) < 0.3).astype(np.float32)
     state, _ = stream_q_minatar.start(jax.random.PRNGKey(0), obs, None, **kw)
@@ -102,7 +102,7 @@ def test_minatar_train_step_against_numpy(nongreedy, done):
     new_state, out = stream_q_minatar.train_step(state, next_obs, np.float32(1.0), done, next_obs, **kw)
 
     seen = np.stack([obs, next_obs]).astype(np.float64)
-    x = np.asarray(state.obs, np.float64)
+    x = np.asarray(state.norm_obs, np.float64)
     next_x = (next_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8)
     q = lambda p, s: np_q(p, s, (1,))  # noqa: E731
     delta = 1.0 / math.sqrt(1 + 1e-8) + args.gamma * q(p, next_x).max() * (1 - done) - q(p, x)[1]
@@ -114,12 +114,13 @@ def test_minatar_train_step_against_numpy(nongreedy, done):
     got = to_np(new_state.params)
     for k in p:
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
-    assert all(not np.any(z) for z in to_np(new_state.eligibility_trace).values()) == (nongreedy or done)
+    assert all(not np.any(z) for z in to_np(new_state.opt_state.eligibility_trace).values()) == (nongreedy or done)
 
 
 def atari_setup(hidden_size=4):
     args = stream_q_atari.Args(hidden_size=hidden_size, total_steps=1000)
-    kw = dict(q_network=stream_q_atari.QNetwork(3, hidden_size), args=args)
+    kw = dict(q_network=stream_q_atari.QNetwork(3, hidden_size), args=args,
+              optimizer=stream_q_atari.obgd(args.lr, args.gamma, args.lamda, args.kappa))
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (84, 84)).astype(np.float32) for _ in range(3)]
     state, _ = stream_q_atari.start(jax.random.PRNGKey(0), frames[0], None, **kw)
@@ -129,9 +130,14 @@ def atari_setup(hidden_size=4):
 def test_atari_act_keeps_q_and_the_gradient_of_the_action_it_picks():
     net, p = random_params(stream_q_atari, 4, scale=0.1)
     x = np.random.default_rng(5).normal(size=(84, 84, 4))
-    for epsilon, key in ((0.0, 0), (1.0, 1), (1.0, 2)):
-        action, _, q_value, grads = stream_q_atari.act(net, from_np(p), jnp.asarray(x, jnp.float32),
-                                                       jax.random.PRNGKey(key), epsilon)
+    args, _, _, state = atari_setup()
+    for start_e, key in ((0.0, 0), (1.0, 1), (1.0, 2)):  # greedy, then random actions
+        args.start_e = args.end_e = start_e
+        state = state._replace(params=from_np(p), key=jax.random.PRNGKey(key))
+        state, out = stream_q_atari.act(state, jnp.asarray(x, jnp.float32), q_network=net, args=args)
+        action, q_value, grads = int(out[0]), state.q_value, state.grads
+        assert int(state.action) == action and float(out[1]) == start_e
+        np.testing.assert_allclose(state.frames, x, rtol=1e-6)
         q = np_q(p, x, (5, 3, 2))
         assert float(q_value) == pytest.approx(q[int(action)], rel=1e-3, abs=1e-3)
         grads = to_np(grads)
@@ -151,7 +157,8 @@ def test_atari_act_keeps_q_and_the_gradient_of_the_action_it_picks():
 @pytest.mark.parametrize("done,game_over", [(False, False), (True, False), (True, True)])
 def test_atari_life_loss_cuts_bootstrap_and_traces_but_keeps_the_game(done, game_over):
     args, kw, (first, frame, reset_frame), state = atari_setup()
-    state = state._replace(eligibility_trace=jax.tree.map(jnp.ones_like, state.params))
+    state = state._replace(opt_state=state.opt_state._replace(
+        eligibility_trace=jax.tree.map(jnp.ones_like, state.params)))
     new_state, out = stream_q_atari.train_step(state, frame, np.float32(1.0), done, reset_frame if game_over else frame,
                                                game_over, **kw)
     # the next frame is normalised with the statistics of both frames and pushed onto the stack
@@ -161,7 +168,8 @@ def test_atari_life_loss_cuts_bootstrap_and_traces_but_keeps_the_game(done, game
     next_q = np_q(to_np(state.params), next_frames, (5, 3, 2)).max()
     delta = 1.0 / math.sqrt(1 + 1e-8) + args.gamma * next_q * (1 - done) - float(state.q_value)
     assert float(out[2]) == pytest.approx(delta, rel=1e-3, abs=1e-3)
-    assert all(not np.any(z) for z in to_np(new_state.eligibility_trace).values()) == (done or bool(state.nongreedy))
+    traces = to_np(new_state.opt_state.eligibility_trace).values()
+    assert all(not np.any(z) for z in traces) == (done or bool(state.nongreedy))
     if game_over:  # the env was reset: the stack restarts from 4 copies of its first frame
         seen = np.stack([first, frame, reset_frame]).astype(np.float64)
         restart = (reset_frame - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8)

@@ -19,10 +19,11 @@ Q_SCRIPTS = [stream_q, stream_sarsa, stream_q_minatar, stream_q_atari]
 
 # name -> the modules in which it must read the same
 SHARED = {
-    **{name: ALL for name in ("leaky_relu", "sparse_init", "RunningStats", "welford_update", "variance", "normalize",
-                              "scale_reward", "obgd", "fail", "save_model", "load_model")},
+    **{name: ALL for name in ("leaky_relu", "sparse_init", "RunningStats", "scale_reward", "ObGDState", "obgd", "fail",
+                              "save_model", "load_model")},
     **{name: FLAT for name in ("unravel_fn", "observe")},
     **{name: Q_SCRIPTS for name in ("linear_schedule", "epsilon_greedy")},
+    "act": [stream_q, stream_q_minatar],
     "make_env": [stream_q, stream_sarsa, stream_ac_discrete],
     "QNetwork": [stream_q, stream_sarsa],
     "evaluate_step": [stream_q, stream_sarsa],
@@ -33,8 +34,8 @@ SHARED = {
 # lines of each script's `__main__` block that differ from stream_q's (networks, action decoding, the
 # spaces checked, Atari's lives): the run's skeleton (flags, envs, seeding, logging, saving, evaluation)
 # is the same text
-MAIN_DIFFERS_FROM_STREAM_Q = {stream_sarsa: 0, stream_ac_discrete: 14, stream_ac_continuous: 23,
-                              stream_q_minatar: 14, stream_q_atari: 25}
+MAIN_DIFFERS_FROM_STREAM_Q = {stream_sarsa: 0, stream_ac_discrete: 15, stream_ac_continuous: 29,
+                              stream_q_minatar: 13, stream_q_atari: 30}
 
 
 @pytest.mark.parametrize("name", SHARED)
