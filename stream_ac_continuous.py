@@ -399,8 +399,8 @@ if __name__ == "__main__":
     if not (isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1
             and isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1):
         fail(f"{os.path.basename(__file__)} needs a flat Box (continuous) action space and a flat Box observation; "
-             f"--env {args.env} has {action_space} and {observation_space} (discrete actions run with "
-             "stream_ac_discrete.py)")
+             f"--env {args.env} has {action_space} and observations of shape {observation_space.shape} (discrete "
+             "actions run with stream_ac_discrete.py)")
     if args.device == "cpu":  # tiny nets: XLA:CPU's thread hand-offs cost more than the kernels (README, Speed)
         jax.config.update("jax_platforms", "cpu")
         jax.config.update("jax_cpu_enable_async_dispatch", False)  # the action is needed at once anyway

@@ -386,7 +386,8 @@ if __name__ == "__main__":
     if not (isinstance(action_space, gym.spaces.Discrete) and isinstance(observation_space, gym.spaces.Box)
             and len(observation_space.shape) == 1):
         fail(f"{os.path.basename(__file__)} needs a Discrete action space and a flat Box observation; --env {args.env} "
-             f"has {action_space} and {observation_space} (continuous actions run with stream_ac_continuous.py)")
+             f"has {action_space} and observations of shape {observation_space.shape} (continuous actions run with "
+             "stream_ac_continuous.py)")
     if args.device == "cpu":  # tiny nets: XLA:CPU's thread hand-offs cost more than the kernels (README, Speed)
         jax.config.update("jax_platforms", "cpu")
         jax.config.update("jax_cpu_enable_async_dispatch", False)  # the action is needed at once anyway

@@ -389,7 +389,7 @@ if __name__ == "__main__":
     if not (isinstance(action_space, gym.spaces.Discrete) and isinstance(observation_space, gym.spaces.Box)
             and observation_space.shape == (84, 84)):
         fail(f"{os.path.basename(__file__)} needs a Discrete action space and (84, 84) frames; --env {args.env} has "
-             f"{action_space} and {observation_space}")
+             f"{action_space} and observations of shape {observation_space.shape}")
     if args.device == "cpu":  # tiny nets: XLA:CPU's thread hand-offs cost more than the kernels (README, Speed)
         jax.config.update("jax_platforms", "cpu")
         jax.config.update("jax_cpu_enable_async_dispatch", False)  # the action is needed at once anyway

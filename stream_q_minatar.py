@@ -364,7 +364,7 @@ if __name__ == "__main__":
     if not (isinstance(action_space, gym.spaces.Discrete) and isinstance(observation_space, gym.spaces.Box)
             and observation_space.shape[:2] == (10, 10) and len(observation_space.shape) == 3):
         fail(f"{os.path.basename(__file__)} needs a Discrete action space and a MinAtar/<Game>-v1 id with (10, 10, C) "
-             f"observations; --env {args.env} has {action_space} and {observation_space}")
+             f"observations; --env {args.env} has {action_space} and observations of shape {observation_space.shape}")
     if args.device == "cpu":  # tiny nets: XLA:CPU's thread hand-offs cost more than the kernels (README, Speed)
         jax.config.update("jax_platforms", "cpu")
         jax.config.update("jax_cpu_enable_async_dispatch", False)  # the action is needed at once anyway
