@@ -186,7 +186,7 @@ def scale_reward(reward_stats: RunningStats, reward_trace, reward, done, gamma: 
 
 class ObGDState(NamedTuple):
     eligibility_trace: optax.Updates  # z, shaped like the parameters
-    step_size: jax.Array  # the last lr / max(M, 1), logged as charts/obgd_step_size
+    step_size: jax.Array | None = None  # lr / max(M, 1) of the last update, for the logs
 
 
 def obgd(lr: float, gamma: float, lamda: float, kappa: float) -> optax.GradientTransformationExtraArgs:
@@ -195,7 +195,7 @@ def obgd(lr: float, gamma: float, lamda: float, kappa: float) -> optax.GradientT
     for a gradient g whose -δ*g is the TD(λ) direction."""
 
     def init(params):
-        return ObGDState(jax.tree.map(jnp.zeros_like, params), jnp.float32(lr))
+        return ObGDState(jax.tree.map(jnp.zeros_like, params))
 
     def update(grads, state, params=None, *, delta, reset, **extra_args):
         trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, state.eligibility_trace, grads)
@@ -234,7 +234,8 @@ def log_prob_and_entropy(logits, action):
 def learn(state: AgentState, norm_next_obs, reward, done, *, actor, critic, unravel_policy, unravel_value,
           policy_optimizer, value_optimizer, args: Args):
     """The paper's Stream AC(λ) update on (state.norm_obs, state.action, reward, norm_next_obs, done); reward
-    scaled, done float32 (bootstraps through neither end). Returns (the state with new weights and traces, δ)."""
+    scaled, done float32 (bootstraps through neither end). Returns (the state with new weights and traces,
+    [δ, ObGD step sizes of actor, critic] float32)."""
 
     # TD ERROR with the critic's pre-update weights; critic g = grad of -v(s); s and s' in one forward pass
     def value_terms(params):
@@ -255,9 +256,12 @@ def learn(state: AgentState, norm_next_obs, reward, done, *, actor, critic, unra
                                                                reset=done > 0)
     value_updates, value_opt_state = value_optimizer.update(value_grads, state.value_opt_state, delta=delta,
                                                             reset=done > 0)
+    diagnostics = jnp.stack([delta, policy_opt_state.step_size, value_opt_state.step_size])
+    # the step sizes are logged, not carried: a buffer fewer in and out of every call (3 us each)
     return state._replace(policy_params=optax.apply_updates(state.policy_params, policy_updates),
                           value_params=optax.apply_updates(state.value_params, value_updates),
-                          policy_opt_state=policy_opt_state, value_opt_state=value_opt_state), delta
+                          policy_opt_state=policy_opt_state._replace(step_size=None),
+                          value_opt_state=value_opt_state._replace(step_size=None)), diagnostics
 
 
 def act(state: AgentState, norm_obs, *, actor, unravel_policy):
@@ -277,16 +281,16 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, actor, c
     obs_stats, norm_next_obs = observe(state.obs_stats, next_obs, state.episode_step + 1, max_episode_steps)
     reward_stats, reward_trace, reward = scale_reward(state.reward_stats, state.reward_trace, reward, done, args.gamma)
     state = state._replace(reward_stats=reward_stats, reward_trace=reward_trace, global_step=state.global_step + 1)
-    state, delta = learn(state, norm_next_obs, reward, done, actor=actor, critic=critic, unravel_policy=unravel_policy,
-                         unravel_value=unravel_value, policy_optimizer=policy_optimizer,
-                         value_optimizer=value_optimizer, args=args)
+    state, diagnostics = learn(state, norm_next_obs, reward, done, actor=actor, critic=critic,
+                               unravel_policy=unravel_policy, unravel_value=unravel_value,
+                               policy_optimizer=policy_optimizer, value_optimizer=value_optimizer, args=args)
     # after a terminal step, the next action is taken in the reset observation
     reset_stats, norm_reset_obs = observe(obs_stats, reset_obs, 0, max_episode_steps)
     obs_stats, norm_obs = jax.tree.map(lambda a, b: jnp.where(done > 0, a, b), (reset_stats, norm_reset_obs),
                                        (obs_stats, norm_next_obs))
     state = state._replace(obs_stats=obs_stats, episode_step=jnp.where(done > 0, 0, state.episode_step + 1))
     state, out = act(state, norm_obs, actor=actor, unravel_policy=unravel_policy)
-    return state, jnp.append(out, jnp.stack([delta, state.policy_opt_state.step_size, state.value_opt_state.step_size]))
+    return state, jnp.append(out, diagnostics)
 
 
 def start(key, obs, saved: AgentState | None, *, actor, critic, unravel_policy, unravel_value, policy_optimizer,

@@ -171,7 +171,7 @@ def scale_reward(reward_stats: RunningStats, reward_trace, reward, done, gamma: 
 
 class ObGDState(NamedTuple):
     eligibility_trace: optax.Updates  # z, shaped like the parameters
-    step_size: jax.Array  # the last lr / max(M, 1), logged as charts/obgd_step_size
+    step_size: jax.Array | None = None  # lr / max(M, 1) of the last update, for the logs
 
 
 def obgd(lr: float, gamma: float, lamda: float, kappa: float) -> optax.GradientTransformationExtraArgs:
@@ -180,7 +180,7 @@ def obgd(lr: float, gamma: float, lamda: float, kappa: float) -> optax.GradientT
     for a gradient g whose -δ*g is the TD(λ) direction."""
 
     def init(params):
-        return ObGDState(jax.tree.map(jnp.zeros_like, params), jnp.float32(lr))
+        return ObGDState(jax.tree.map(jnp.zeros_like, params))
 
     def update(grads, state, params=None, *, delta, reset, **extra_args):
         trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, state.eligibility_trace, grads)
@@ -225,7 +225,8 @@ class AgentState(NamedTuple):
 # ALGO LOGIC: learn from the transition just seen, then act
 def learn(state: AgentState, norm_next_obs, reward, done, *, q_network, unravel, optimizer, args: Args):
     """The paper's Stream Q(λ) update on (state.norm_obs, state.action, reward, norm_next_obs, done); reward
-    scaled, done float32 (bootstraps through neither end). Returns (the state with new weights and trace, δ)."""
+    scaled, done float32 (bootstraps through neither end). Returns (the state with new weights and trace,
+    [δ, ObGD step size] float32)."""
 
     # TD ERROR with the pre-update weights; g = grad of -q(s, a); s and s' in one forward pass
     def td_terms(params):
@@ -236,7 +237,9 @@ def learn(state: AgentState, norm_next_obs, reward, done, *, q_network, unravel,
     delta = reward + args.gamma * next_q * (1.0 - done) + neg_q
     # OBGD; Watkins' Q(λ) cuts the trace after a non-greedy action too
     updates, opt_state = optimizer.update(grads, state.opt_state, delta=delta, reset=(done > 0) | state.nongreedy)
-    return state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state), delta
+    diagnostics = jnp.stack([delta, opt_state.step_size])
+    opt_state = opt_state._replace(step_size=None)  # logged, not carried: a buffer fewer in and out of a call (3 us)
+    return state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state), diagnostics
 
 
 def act(state: AgentState, norm_obs, q_values, args: Args):
@@ -258,15 +261,15 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
     obs_stats, norm_next_obs = observe(state.obs_stats, next_obs, state.episode_step + 1, max_episode_steps)
     reward_stats, reward_trace, reward = scale_reward(state.reward_stats, state.reward_trace, reward, done, args.gamma)
     state = state._replace(reward_stats=reward_stats, reward_trace=reward_trace, global_step=state.global_step + 1)
-    state, delta = learn(state, norm_next_obs, reward, done, q_network=q_network, unravel=unravel, optimizer=optimizer,
-                         args=args)
+    state, diagnostics = learn(state, norm_next_obs, reward, done, q_network=q_network, unravel=unravel,
+                               optimizer=optimizer, args=args)
     # after a terminal step, the next action is taken in the reset observation
     reset_stats, norm_reset_obs = observe(obs_stats, reset_obs, 0, max_episode_steps)
     obs_stats, norm_obs = jax.tree.map(lambda a, b: jnp.where(done > 0, a, b), (reset_stats, norm_reset_obs),
                                        (obs_stats, norm_next_obs))
     state = state._replace(obs_stats=obs_stats, episode_step=jnp.where(done > 0, 0, state.episode_step + 1))
     state, out = act(state, norm_obs, q_network.apply(unravel(state.params), norm_obs), args)
-    return state, jnp.append(out, jnp.stack([delta, state.opt_state.step_size]))
+    return state, jnp.append(out, diagnostics)
 
 
 def start(key, obs, saved: AgentState | None, *, q_network, unravel, optimizer, args: Args, max_episode_steps: int):

@@ -193,7 +193,7 @@ def scale_reward(reward_stats: RunningStats, reward_trace, reward, done, gamma: 
 
 class ObGDState(NamedTuple):
     eligibility_trace: optax.Updates  # z, shaped like the parameters
-    step_size: jax.Array  # the last lr / max(M, 1), logged as charts/obgd_step_size
+    step_size: jax.Array | None = None  # lr / max(M, 1) of the last update, for the logs
 
 
 def obgd(lr: float, gamma: float, lamda: float, kappa: float) -> optax.GradientTransformationExtraArgs:
@@ -202,7 +202,7 @@ def obgd(lr: float, gamma: float, lamda: float, kappa: float) -> optax.GradientT
     for a gradient g whose -δ*g is the TD(λ) direction."""
 
     def init(params):
-        return ObGDState(jax.tree.map(jnp.zeros_like, params), jnp.float32(lr))
+        return ObGDState(jax.tree.map(jnp.zeros_like, params))
 
     def update(grads, state, params=None, *, delta, reset, **extra_args):
         trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, state.eligibility_trace, grads)
@@ -249,14 +249,16 @@ class AgentState(NamedTuple):
 def learn(state: AgentState, next_frames, reward, done, *, q_network, optimizer, args: Args):
     """The paper's Stream Q(λ) update on (state.frames, state.action, reward, next_frames, done); reward scaled,
     done float32 (a lost life, terminated or truncated: bootstraps through none). Returns (the state with new
-    weights and trace, δ)."""
+    weights and trace, [δ, ObGD step size] float32)."""
     # TD ERROR with the pre-update weights; q(s, a) and g = grad of -q(s, a) were taken by act()
     next_q = q_network.apply(state.params, next_frames).max()
     delta = reward + args.gamma * next_q * (1.0 - done) - state.q_value
     # OBGD; Watkins' Q(λ) cuts the trace after a non-greedy action too
     updates, opt_state = optimizer.update(state.grads, state.opt_state, delta=delta,
                                           reset=(done > 0) | state.nongreedy)
-    return state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state), delta
+    diagnostics = jnp.stack([delta, opt_state.step_size])
+    opt_state = opt_state._replace(step_size=None)  # logged, not carried: a buffer fewer in and out of a call (3 us)
+    return state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state), diagnostics
 
 
 def act(state: AgentState, frames, *, q_network, args: Args):
@@ -285,13 +287,13 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, game_over, 
     next_frames = jnp.concatenate([state.frames[..., 1:], norm_next_obs[..., None]], axis=-1)
     reward_stats, reward_trace, reward = scale_reward(state.reward_stats, state.reward_trace, reward, done, args.gamma)
     state = state._replace(reward_stats=reward_stats, reward_trace=reward_trace, global_step=state.global_step + 1)
-    state, delta = learn(state, next_frames, reward, done, q_network=q_network, optimizer=optimizer, args=args)
+    state, diagnostics = learn(state, next_frames, reward, done, q_network=q_network, optimizer=optimizer, args=args)
     # after a game over, the next action is taken in the reset frame; after a lost life the game goes on
     reset_stats, norm_reset_obs = observe(obs_stats, reset_obs)
     obs_stats, frames = jax.tree.map(lambda a, b: jnp.where(game_over, a, b), (reset_stats, jnp.repeat(
         norm_reset_obs[..., None], 4, axis=-1)), (obs_stats, next_frames))
     state, out = act(state._replace(obs_stats=obs_stats), frames, q_network=q_network, args=args)
-    return state, jnp.append(out, jnp.stack([delta, state.opt_state.step_size]))
+    return state, jnp.append(out, diagnostics)
 
 
 def start(key, obs, saved: AgentState | None, *, q_network, optimizer, args: Args):
