@@ -441,9 +441,10 @@ if __name__ == "__main__":
             game_over = terminated | truncated
             done = game_over | (info["lives"] < lives)  # a lost life ends the episode for learning only
             lives = info["lives"]
+            ended = np.flatnonzero(game_over)  # the agents whose env was reset in this step
             reset_obs = np.asarray(obs, np.float32)  # where a game ended, the reset frame
-            next_obs = reset_obs.copy() if game_over.any() else reset_obs
-            for i in np.flatnonzero(game_over):
+            next_obs = reset_obs.copy() if len(ended) else reset_obs
+            for i in ended:
                 next_obs[i] = info["final_obs"][i]
             state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs, game_over)
             out = np.asarray(out)
@@ -452,7 +453,7 @@ if __name__ == "__main__":
                 i = np.flatnonzero(~np.isfinite(diagnostics[:, 0]))[0]
                 fail(f"non-finite TD error at global_step={global_step} for seed {seeds[i]}; "
                      f"logs so far are in runs/{run_names[i]}")
-            for i in np.flatnonzero(game_over):
+            for i in ended:
                 episodic_return, episodic_length = (float(info["final_info"]["episode"][k][i]) for k in "rl")
                 writers[i].add_scalar("charts/episodic_return", episodic_return, global_step)
                 writers[i].add_scalar("charts/episodic_length", episodic_length, global_step)

@@ -414,9 +414,10 @@ if __name__ == "__main__":
         for global_step in range(start_step + 1, start_step + args.total_steps + 1):
             obs, reward, terminated, truncated, info = envs.step(action)
             done = terminated | truncated
+            ended = np.flatnonzero(done)  # the agents whose env was reset in this step
             reset_obs = np.asarray(obs, np.float32)  # where an episode ended, the reset observation
-            next_obs = reset_obs.copy() if done.any() else reset_obs
-            for i in np.flatnonzero(done):
+            next_obs = reset_obs.copy() if len(ended) else reset_obs
+            for i in ended:
                 next_obs[i] = info["final_obs"][i]
             state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs)
             out = np.asarray(out)
@@ -425,7 +426,7 @@ if __name__ == "__main__":
                 i = np.flatnonzero(~np.isfinite(diagnostics[:, 0]))[0]
                 fail(f"non-finite TD error at global_step={global_step} for seed {seeds[i]}; "
                      f"logs so far are in runs/{run_names[i]}")
-            for i in np.flatnonzero(done):
+            for i in ended:
                 episodic_return, episodic_length = (float(info["final_info"]["episode"][k][i]) for k in "rl")
                 writers[i].add_scalar("charts/episodic_return", episodic_return, global_step)
                 writers[i].add_scalar("charts/episodic_length", episodic_length, global_step)
