@@ -432,8 +432,11 @@ if __name__ == "__main__":
     step_fn = jax.jit(jax.vmap(partial(train_step, **optimizers, **kwargs)), donate_argnums=0)
     start_fn, obs = partial(start, **optimizers, **kwargs), np.asarray(obs, np.float32)
     if saved is not None:  # the saved agent in AgentState's structure, one copy per seed
-        saved = jax.tree.map(lambda x: np.broadcast_to(x, (args.num_seeds, *np.shape(x))), flax.serialization
-                             .from_state_dict(jax.eval_shape(start_fn, keys[0], obs[0], None)[0], saved))
+        try:
+            saved = flax.serialization.from_state_dict(jax.eval_shape(start_fn, keys[0], obs[0], None)[0], saved)
+        except (ValueError, KeyError) as e:  # a file written by another version of this script
+            fail(f"--load-model {args.load_model} does not hold this version's agent state ({e})")
+        saved = jax.tree.map(lambda x: np.broadcast_to(x, (args.num_seeds, *np.shape(x))), saved)
     state, out = jax.jit(jax.vmap(start_fn))(keys, obs, saved)
     action = np.asarray(out)[:, 0].astype(np.int64)
 

@@ -155,6 +155,16 @@ def test_a_model_that_does_not_fit_gives_one_line_error_and_no_run_folder(script
     assert not os.path.exists(tmp_path / "runs")
 
 
+def test_a_model_from_another_version_of_the_script_gives_one_line_error(small_model, tmp_path):
+    with open(small_model, "rb") as f:
+        saved = flax.serialization.msgpack_restore(f.read())
+    saved["agent"]["obs"] = saved["agent"].pop("norm_obs")  # the field's name before this version
+    with open(tmp_path / "old.cleanrl_model", "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(saved))
+    result = run_script("stream_q.py", "--load-model", str(tmp_path / "old.cleanrl_model"), cwd=tmp_path)
+    assert_one_line_error(result, "--load-model", "does not hold this version's agent state")
+
+
 @pytest.mark.parametrize("script,env,words", [
     ("stream_q.py", "MinAtar/Breakout-v1", ["stream_q_minatar.py"]),
     ("stream_sarsa.py", "ALE/Breakout-v5", ["stream_q_atari.py"]),
