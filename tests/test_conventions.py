@@ -156,8 +156,7 @@ def test_a_model_that_does_not_fit_gives_one_line_error_and_no_run_folder(script
 
 
 def test_a_model_from_another_version_of_the_script_gives_one_line_error(small_model, tmp_path):
-    with open(small_model, "rb") as f:
-        saved = flax.serialization.msgpack_restore(f.read())
+    saved = read_model(small_model)
     saved["agent"]["obs"] = saved["agent"].pop("norm_obs")  # the field's name before this version
     with open(tmp_path / "old.cleanrl_model", "wb") as f:
         f.write(flax.serialization.msgpack_serialize(saved))
