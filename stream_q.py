@@ -196,6 +196,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
     in reset_obs. next_obs, reset_obs: (obs_dim,) float32 raw; reward float32 raw; done bool.
     Returns (state, out = [action, epsilon, δ, ObGD step size] float32, the only host transfer)."""
     done = jnp.asarray(done, jnp.float32)
+    state = state._replace(global_step=state.global_step + 1)  # this step's, for act()
     obs_stats, norm_next_obs = observe(state.obs_stats, next_obs, state.episode_step + 1,
                                        time_limit)
     # REWARD SCALING (reference ScaleReward): r / sqrt(var(u) + 1e-8), u <- γu(1 - done) + r
@@ -220,8 +221,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
     state = state._replace(  # the step size is logged, not carried: one buffer fewer per call
         params=optax.apply_updates(state.params, updates), obs_stats=obs_stats,
         opt_state=opt_state._replace(step_size=None), reward_stats=reward_stats,
-        reward_trace=reward_trace, global_step=state.global_step + 1,
-        episode_step=jnp.where(done > 0, 0, state.episode_step + 1))
+        reward_trace=reward_trace, episode_step=jnp.where(done > 0, 0, state.episode_step + 1))
     state, out = act(state, norm_obs, q_network.apply(unravel(state.params), norm_obs), args)
     return state, jnp.append(out, jnp.stack([delta, opt_state.step_size]))
 
