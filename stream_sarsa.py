@@ -2,9 +2,9 @@
 
 Elsayed, Vasan, Mahmood 2024, "Streaming Deep Reinforcement Learning Finally Works", arXiv
 2410.14606, Algorithm "Stream SARSA(λ)"; reference github.com/mohmdelsayed/streaming-drl (407dca7,
-stream_sarsa.py). Differences from it: the time feature is -0.5 + t/T at an episode's t-th
-observation (the reference's is one step late); running statistics are float32; the action space
-is seeded; an episode's first action is picked in its reset observation, not carried over."""
+stream_sarsa.py). Unlike it: the time feature is -0.5 + t/T at an episode's t-th observation
+(the reference's is one step late), statistics are float32, the action space is seeded, and an
+episode's first action is picked in its reset observation, not carried over."""
 import ctypes
 import math
 import os
@@ -120,8 +120,7 @@ class RunningStats(NamedTuple):
 
 
 def observe(obs_stats: RunningStats, obs, episode_step, time_limit: int):
-    """Raw obs (obs_dim,) -> (obs_stats updated with it FIRST, then obs normalised with the time
-    feature -0.5 + episode_step / time_limit appended: (obs_dim + 1,) float32)."""
+    """obs_stats updated with raw obs (obs_dim,) FIRST, then obs normalised + time feature."""
     obs_stats = obs_stats.update(obs)
     return obs_stats, jnp.append(obs_stats.normalize(obs), -0.5 + episode_step / time_limit)
 
@@ -138,7 +137,7 @@ def obgd(lr, gamma, lamda, kappa, adaptive=False, beta2=0.999, eps=1e-8):
     a gradient g whose -δg is the TD(λ) direction; update(grads, state, delta=δ, reset=bool):
         z <- γλz + g;  M = lr κ max(|δ|, 1) Σ|z|;  updates = -lr / max(M, 1) δ z;  z <- 0 if reset.
     With adaptive (the reference's AdaptiveObGD): v <- β2 v + (1 - β2)(δz)², t <- t + 1, and
-    z / sqrt(v / (1 - β2^t) + eps) stands for z in M and in the update; a reset keeps v and t."""
+    zhat = z / sqrt(v / (1 - β2^t) + eps) stands for z in M and the update; a reset keeps v, t."""
 
     def init(params):
         zeros = jax.tree.map(jnp.zeros_like, params)
@@ -146,15 +145,14 @@ def obgd(lr, gamma, lamda, kappa, adaptive=False, beta2=0.999, eps=1e-8):
 
     def update(grads, state, params=None, *, delta, reset, **extra_args):
         trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, state.eligibility_trace, grads)
-        v, count, direction = state.v, state.count, trace
+        v, count, zhat = state.v, state.count, trace  # zhat: z, or adaptive's rescaled z
         if adaptive:
             v = jax.tree.map(lambda v, z: beta2 * v + (1 - beta2) * (delta * z) ** 2, v, trace)
             count = count + 1
-            direction = jax.tree.map(lambda z, v: z / jnp.sqrt(v / (1 - beta2**count) + eps),
-                                     trace, v)
-        z_sum = sum(jnp.abs(z).sum() for z in jax.tree.leaves(direction))
+            zhat = jax.tree.map(lambda z, v: z / jnp.sqrt(v / (1 - beta2**count) + eps), trace, v)
+        z_sum = sum(jnp.abs(z).sum() for z in jax.tree.leaves(zhat))
         step_size = jnp.minimum(lr, lr / (lr * kappa * jnp.maximum(jnp.abs(delta), 1.0) * z_sum))
-        updates = jax.tree.map(lambda z: -step_size * delta * z, direction)
+        updates = jax.tree.map(lambda z: -step_size * delta * z, zhat)
         trace = jax.tree.map(lambda z: jnp.where(reset, 0.0, z), trace)
         return updates, ObGDState(trace, v, count, step_size)
 
