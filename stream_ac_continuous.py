@@ -1,22 +1,18 @@
-"""Stream AC(λ), continuous actions: actor-critic with eligibility traces and ObGD, one update per step.
+"""Stream AC(λ), continuous actions: actor-critic, eligibility traces and ObGD, one update a step.
 
-Elsayed, Vasan, Mahmood 2024, "Streaming Deep Reinforcement Learning Finally Works", arXiv 2410.14606,
-Algorithm "Stream AC(λ)"; reference code github.com/mohmdelsayed/streaming-drl (407dca7, stream_ac_continuous.py).
-Differences from the reference: the time feature is -0.5 + t/T at the t-th observation of an episode
-(the reference's is one step late); running statistics are float32; the env's action space is seeded.
-"""
+Elsayed, Vasan, Mahmood 2024, "Streaming Deep Reinforcement Learning Finally Works", arXiv
+2410.14606, Algorithm "Stream AC(λ)"; reference github.com/mohmdelsayed/streaming-drl (407dca7,
+stream_ac_continuous.py). Unlike it: the time feature is -0.5 + t/T at an episode's t-th
+observation (the reference's is one step late), float32 statistics, a seeded action space."""
 import ctypes
-import glob
 import math
 import os
 import random
-import re
-import signal
 import sys
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import Literal, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -25,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 import tyro
 from jax.flatten_util import ravel_pytree
 from tensorboardX import SummaryWriter
@@ -32,112 +29,74 @@ from tensorboardX import SummaryWriter
 
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
-    seed: int = 0
-    """seed of python, numpy, JAX and the env"""
-    device: str = "cpu"
-    """where JAX runs: cpu or gpu"""
-    debug: bool = False
-    """print one line per episode"""
-    num_seeds: int = 1
-    """independent agents run in this process, with seeds seed, seed+1, ..., each in its own run folder"""
-    vectorization_mode: str = "sync"
-    """how the agents' envs step: sync (in this process) or async (one worker process each)"""
-    track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases"""
-    wandb_project_name: str = "cleanRL"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-    capture_video: bool = False
-    """whether to capture videos of the agent performances (check out `videos` folder)"""
-    save_model: bool = False
-    """whether to save model into the `runs/{run_name}` folder"""
-    load_model: str | None = None
-    """a model file written by --save-model to go on from (every agent starts from it, at its global step)"""
-    eval_episodes: int = 10
-    """episodes evaluated after a --save-model or --load-model run (learning off, normaliser frozen)"""
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]  # the name of this experiment
+    seed: int = 0  # seed of python, numpy, JAX and the env; agent i has seed + i
+    device: Literal["cpu", "gpu"] = "cpu"  # where JAX runs
+    debug: bool = False  # print one line per episode
+    num_seeds: int = 1  # independent agents in this process, each with its own run folder
+    track: bool = False  # if toggled, this experiment will be tracked with Weights and Biases
+    wandb_project_name: str = "cleanRL"  # the wandb's project name
+    wandb_entity: str | None = None  # the entity (team) of wandb's project
+    capture_video: bool = False  # film the first agent's episodes 0, 1, 8, 27, ... into videos/
+    save_model: bool = False  # save each agent to runs/{run_name}/{exp_name}.cleanrl_model
 
     # Algorithm specific arguments
-    env: str = "HalfCheetah-v5"
-    """gymnasium id of an env with a flat Box action space and a flat Box observation"""
-    total_steps: int = 2_000_000
-    """number of environment steps; one update per step"""
-    gamma: float = 0.99
-    """discount factor"""
-    lamda: float = 0.8
-    """eligibility-trace decay λ"""
-    kappa_policy: float = 3.0
-    """ObGD bound of the actor: larger kappa takes smaller steps when the trace is large"""
-    kappa_value: float = 2.0
-    """ObGD bound of the critic"""
-    lr: float = 1.0
-    """ObGD step size alpha"""
-    hidden_size: int = 128
-    """units in each of the two hidden layers"""
-    entropy_coeff: float = 0.01
-    """entropy coefficient beta, applied as beta * sign(delta) * H(pi)"""
+    env: str = "HalfCheetah-v5"  # gymnasium id: flat Box actions and observations
+    total_steps: int = 2_000_000  # environment steps per agent; one update per step
+    optimizer: Literal["obgd", "adaptive"] = "obgd"  # ObGD, or the reference's AdaptiveObGD
+    gamma: float = 0.99  # discount factor
+    lamda: float = 0.8  # eligibility-trace decay λ
+    kappa_policy: float = 3.0  # the actor's ObGD bound: larger kappa, smaller steps
+    kappa_value: float = 2.0  # the critic's ObGD bound
+    lr: float = 1.0  # ObGD step size alpha
+    hidden_size: int = 128  # units in each of the two hidden layers of actor and critic
+    entropy_coeff: float = 0.01  # entropy bonus beta, signed by δ
 
 
-def make_env(env_id: str, video_folder: str | None = None) -> gym.Env:
-    """Env with its default time limit and episode statistics; dm_control/<domain>-<task>-v0 ids through
-    shimmy, observations flattened. With a video_folder, gymnasium's RecordVideo films episodes 0, 1, 8, 27, ...
-    into it (MuJoCo renders headless with MUJOCO_GL=egl unless MUJOCO_GL is set)."""
-    if video_folder:  # render with no display: MuJoCo through EGL (set before dm_control is imported)
+def make_env(env_id: str, video_dir: str | None = None) -> gym.Env:
+    """Env with its default time limit, clipped actions, flat observations, episode statistics."""
+    if video_dir:  # render with no display: MuJoCo through EGL (set before dm_control is imported)
         os.environ.setdefault("MUJOCO_GL", "egl")
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame (Box2D) draws off-screen
-    if env_id.startswith("dm_control/"):
-        import shimmy  # imports dm_control: 0.6 s, so only when asked for
-
-        gym.register_envs(shimmy)
-    env = gym.make(env_id, **({"render_mode": "rgb_array"} if video_folder else {}))
-    if isinstance(env.observation_space, gym.spaces.Dict):
-        env = gym.wrappers.FlattenObservation(env)
-    if video_folder:
-        env = gym.wrappers.RecordVideo(env, video_folder)
+    shimmy = "shimmy:" if env_id.startswith("dm_control/") else ""  # shimmy registers dm_control
+    env = gym.make(shimmy + env_id, render_mode="rgb_array" if video_dir else None)
+    env = gym.wrappers.ClipAction(gym.wrappers.FlattenObservation(env))  # for the env only
+    env = gym.wrappers.RecordVideo(env, video_dir) if video_dir else env
     return gym.wrappers.RecordEpisodeStatistics(env)
 
 
 def leaky_relu(x):
-    """leaky_relu(0.01) with torch's gradient 0.01 at 0 (jax.nn's is 1): sparse init with fan_in <= 9
-    zeroes every input weight, so first-layer units start at exactly 0 (SPEC §2)."""
+    """leaky_relu(0.01), gradient 0.01 at 0 as torch's (jax.nn's: 1); units start at 0 (SPEC §2)."""
     return jnp.where(x > 0, x, 0.01 * x)
 
 
 def sparse_init(sparsity: float = 0.9):
-    """Flax kernel initialiser (reference sparse_init.py; paper §3): uniform in ±1/sqrt(fan_in), then exactly
-    ceil(sparsity * fan_in) inputs of each output unit zeroed; fan_in = prod(shape[:-1]), dense or conv."""
+    """Kernel initialiser (paper §3; reference sparse_init.py): uniform in ±1/sqrt(fan_in), then
+    exactly ceil(sparsity * fan_in) inputs of each output unit zeroed; fan_in = prod(shape[:-1])."""
 
     def init(key, shape, dtype=jnp.float32):
         fan_in, fan_out = math.prod(shape[:-1]), shape[-1]
         key_w, key_p = jax.random.split(key)
-        kernel = jax.random.uniform(key_w, (fan_in, fan_out), dtype, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+        bound = 1 / math.sqrt(fan_in)
+        kernel = jax.random.uniform(key_w, (fan_in, fan_out), dtype, -bound, bound)
         # ranks of uniform noise: a random permutation of the inputs per output unit
-        ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key_p, (fan_in, fan_out)), axis=0), axis=0)
+        ranks = jax.random.uniform(key_p, (fan_in, fan_out)).argsort(axis=0).argsort(axis=0)
         return (kernel * (ranks >= math.ceil(sparsity * fan_in))).reshape(shape)
 
     return init
 
 
-def hidden_layers(x, hidden_size: int):
-    """Two hidden layers, each dense -> LayerNorm (no scale or bias, over all units) -> leaky_relu; called in
-    an nn.compact method, so the layers belong to the calling module."""
-    for _ in range(2):
-        x = nn.Dense(hidden_size, kernel_init=sparse_init())(x)
-        x = leaky_relu(nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x))
-    return x
-
-
 class Actor(nn.Module):
-    """(obs_dim + 1,) float32 -> (mu, std) of a diagonal Normal policy, each (action_dim,) float32; std = softplus."""
+    """(obs_dim + 1,) float32 -> (mu, std = softplus(.)), each (action_dim,): a diagonal Normal."""
 
     action_dim: int
     hidden_size: int = 128
 
     @nn.compact
     def __call__(self, x):
-        x = hidden_layers(x, self.hidden_size)
+        for _ in range(2):  # hidden layers: dense -> LayerNorm (no scale or bias) -> leaky_relu
+            x = nn.Dense(self.hidden_size, kernel_init=sparse_init())(x)
+            x = leaky_relu(nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x))
         mu = nn.Dense(self.action_dim, kernel_init=sparse_init())(x)
         return mu, nn.softplus(nn.Dense(self.action_dim, kernel_init=sparse_init())(x))
 
@@ -149,19 +108,14 @@ class Critic(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = hidden_layers(x, self.hidden_size)
+        for _ in range(2):  # hidden layers: dense -> LayerNorm (no scale or bias) -> leaky_relu
+            x = nn.Dense(self.hidden_size, kernel_init=sparse_init())(x)
+            x = leaky_relu(nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x))
         return nn.Dense(1, kernel_init=sparse_init())(x)[..., 0]
 
 
-def unravel_fn(network: nn.Module, x) -> Callable:
-    """The map from a flat weight vector to network's Flax dict for input x (jax.eval_shape: nothing runs)."""
-    shapes = jax.eval_shape(network.init, jax.random.PRNGKey(0), x)
-    return ravel_pytree(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))[1]
-
-
 class RunningStats(NamedTuple):
-    """Welford statistics of a stream, float32 (reference normalization_wrappers.py): the first sample sets
-    the mean; the variance is unbiased (ddof 1), and 1 while fewer than 2 samples were seen."""
+    """Welford statistics, float32 (reference normalization_wrappers.py); var 1 until 2 samples."""
 
     mean: jax.Array
     p: jax.Array  # sum of squared deviations from the mean
@@ -179,75 +133,85 @@ class RunningStats(NamedTuple):
         return (x - self.mean) / jnp.sqrt(self.var() + 1e-8)
 
 
-def observe(obs_stats: RunningStats, obs, episode_step, max_episode_steps: int):
-    """Raw obs (obs_dim,) -> (obs_stats updated with it FIRST, then obs normalised with the time feature
-    -0.5 + episode_step / max_episode_steps appended: (obs_dim + 1,) float32)."""
+def observe(obs_stats: RunningStats, obs, episode_step, time_limit: int):
+    """obs_stats updated with raw obs (obs_dim,) FIRST, then obs normalised + time feature."""
     obs_stats = obs_stats.update(obs)
-    return obs_stats, jnp.append(obs_stats.normalize(obs), -0.5 + episode_step / max_episode_steps)
-
-
-def scale_reward(reward_stats: RunningStats, reward_trace, reward, done, gamma: float):
-    """The reference's ScaleReward: u <- gamma * u * (1 - done) + r, Welford statistics of u, emit
-    r / sqrt(var(u) + 1e-8). Returns (reward_stats, reward_trace, scaled reward), float32."""
-    reward_trace = gamma * reward_trace * (1.0 - done) + reward
-    reward_stats = reward_stats.update(reward_trace)
-    return reward_stats, reward_trace, reward / jnp.sqrt(reward_stats.var() + 1e-8)
+    return obs_stats, jnp.append(obs_stats.normalize(obs), -0.5 + episode_step / time_limit)
 
 
 class ObGDState(NamedTuple):
     eligibility_trace: optax.Updates  # z, shaped like the parameters
+    v: optax.Updates | None = None  # adaptive: running mean of (δz)², shaped like z
+    count: jax.Array | None = None  # adaptive: updates so far, for the bias correction
     step_size: jax.Array | None = None  # lr / max(M, 1) of the last update, for the logs
 
 
-def obgd(lr: float, gamma: float, lamda: float, kappa: float) -> optax.GradientTransformationExtraArgs:
-    """The paper's overshooting-bounded gradient descent as optax; update(grads, state, delta=δ, reset=bool):
-        z <- gamma*lamda*z + g;   M = lr*kappa*max(|δ|, 1)*sum|z|;   updates = -lr/max(M, 1)*δ*z;   z <- 0 if reset
-    for a gradient g whose -δ*g is the TD(λ) direction."""
+def obgd(lr, gamma, lamda, kappa, adaptive=False, beta2=0.999, eps=1e-8):
+    """Overshooting-bounded gradient descent (paper Algorithm 3; reference optim.py) as optax, for
+    a gradient g whose -δg is the TD(λ) direction; update(grads, state, delta=δ, reset=bool):
+        z <- γλz + g;  M = lr κ max(|δ|, 1) Σ|z|;  updates = -lr / max(M, 1) δ z;  z <- 0 if reset.
+    With adaptive (the reference's AdaptiveObGD): v <- β2 v + (1 - β2)(δz)², t <- t + 1, and
+    zhat = z / sqrt(v / (1 - β2^t) + eps) stands for z in M and the update; a reset keeps v, t."""
 
     def init(params):
-        return ObGDState(jax.tree.map(jnp.zeros_like, params))
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return ObGDState(zeros, *((zeros, jnp.int32(0)) if adaptive else ()))
 
     def update(grads, state, params=None, *, delta, reset, **extra_args):
         trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, state.eligibility_trace, grads)
-        bound = lr * kappa * jnp.maximum(jnp.abs(delta), 1.0) * sum(jnp.abs(z).sum() for z in jax.tree.leaves(trace))
-        step_size = jnp.minimum(lr, lr / bound)  # = lr / max(M, 1); XLA:CPU runs this form faster (SARSA 67 vs 77 us)
-        updates = jax.tree.map(lambda z: -step_size * delta * z, trace)
-        return updates, ObGDState(jax.tree.map(lambda z: jnp.where(reset, 0.0, z), trace), step_size)
+        v, count, zhat = state.v, state.count, trace  # zhat: z, or adaptive's rescaled z
+        if adaptive:
+            v = jax.tree.map(lambda v, z: beta2 * v + (1 - beta2) * (delta * z) ** 2, v, trace)
+            count = count + 1
+            zhat = jax.tree.map(lambda z, v: z / jnp.sqrt(v / (1 - beta2**count) + eps), trace, v)
+        z_sum = sum(jnp.abs(z).sum() for z in jax.tree.leaves(zhat))
+        step_size = jnp.minimum(lr, lr / (lr * kappa * jnp.maximum(jnp.abs(delta), 1.0) * z_sum))
+        updates = jax.tree.map(lambda z: -step_size * delta * z, zhat)
+        trace = jax.tree.map(lambda z: jnp.where(reset, 0.0, z), trace)
+        return updates, ObGDState(trace, v, count, step_size)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-class AgentState(NamedTuple):
-    """Everything the jitted step reads and writes; donated, so it never leaves the device."""
+class AgentState(NamedTuple):  # what the jitted step reads and writes; donated, never on the host
 
-    policy_params: jax.Array  # the actor's weights as one flat vector, float32; unravel_policy(.) is Flax's dict
-    value_params: jax.Array  # the critic's, likewise with unravel_value
+    policy_params: jax.Array  # the actor's weights as one flat vector, float32, as ObGD sees them
+    value_params: jax.Array  # the critic's, likewise
     policy_opt_state: ObGDState  # ObGD's state (the eligibility trace) of the actor
     value_opt_state: ObGDState  # and of the critic
     obs_stats: RunningStats
     reward_stats: RunningStats
     reward_trace: jax.Array  # discounted sum of raw rewards, for reward scaling
-    norm_obs: jax.Array  # the current observation, normalised, with the time feature, (obs_dim + 1,)
+    norm_obs: jax.Array  # the current observation, normalised, with the time feature (obs_dim + 1,)
     action: jax.Array  # the action taken in it, unclipped, (action_dim,) float32
     episode_step: jax.Array  # steps taken in this episode, int32
     global_step: jax.Array  # steps taken in all, int32
     key: jax.Array  # the run's key; the action at global_step t uses fold_in(key, t)
 
 
-def log_prob_and_entropy(mu, std, action):
-    """Diagonal Normal(mu, std): log pi(action) and entropy, each summed over the action dims, float32."""
-    log_prob = -0.5 * ((action - mu) / std) ** 2 - jnp.log(std) - 0.5 * jnp.log(2 * jnp.pi)
-    return log_prob.sum(), (0.5 + 0.5 * jnp.log(2 * jnp.pi) + jnp.log(std)).sum()
-
-
 # ALGO LOGIC: learn from the transition just seen, then act
-def learn(state: AgentState, norm_next_obs, reward, done, *, actor, critic, unravel_policy, unravel_value,
-          policy_optimizer, value_optimizer, args: Args):
-    """The paper's Stream AC(λ) update on (state.norm_obs, state.action, reward, norm_next_obs, done); reward
-    scaled, done float32 (bootstraps through neither end). Returns (the state with new weights and traces,
-    [δ, ObGD step sizes of actor, critic] float32)."""
+def act(state: AgentState, norm_obs, *, actor, unravel_policy):
+    """NEXT ACTION: a ~ Normal(mu, std) of norm_obs; (state, a (action_dim,) float32, unclipped)."""
+    key = jax.random.fold_in(state.key, state.global_step)  # a fresh key per step, none to carry
+    mu, std = actor.apply(unravel_policy(state.policy_params), norm_obs)
+    action = mu + std * jax.random.normal(key, mu.shape)
+    return state._replace(norm_obs=norm_obs, action=action), action
 
-    # TD ERROR with the critic's pre-update weights; critic g = grad of -v(s); s and s' in one forward pass
+
+def train_step(state, next_obs, reward, done, reset_obs, *, actor, critic, unravel_policy,
+               unravel_value, policy_optimizer, value_optimizer, args: Args, time_limit: int):
+    """One env step of Stream AC(λ): learn from (s, a, r, s', done), then act in s' (reset_obs if it
+    ended); raw obs (obs_dim,) float32. Returns (state, [action..., δ, ObGD step sizes] float32)."""
+    done = jnp.asarray(done, jnp.float32)
+    state = state._replace(global_step=state.global_step + 1)  # this step's, for act()
+    obs_stats, norm_next_obs = observe(state.obs_stats, next_obs, state.episode_step + 1,
+                                       time_limit)
+    # REWARD SCALING (reference ScaleReward): r / sqrt(var(u) + 1e-8), u <- γu(1 - done) + r
+    reward_trace = args.gamma * state.reward_trace * (1.0 - done) + reward
+    reward_stats = state.reward_stats.update(reward_trace)
+    reward = reward / jnp.sqrt(reward_stats.var() + 1e-8)
+
+    # TD ERROR with the critic's pre-update weights; critic g = grad of -v(s); s, s' in one pass
     def value_terms(params):
         values = critic.apply(unravel_value(params), jnp.stack([state.norm_obs, norm_next_obs]))
         return -values[0], values[1]
@@ -257,167 +221,81 @@ def learn(state: AgentState, norm_next_obs, reward, done, *, actor, critic, unra
 
     # actor g = grad of -log pi(a|s) - beta * sign(δ) * H(pi(.|s)), sign(δ) a constant
     def policy_loss(params):
-        log_prob, entropy = log_prob_and_entropy(*actor.apply(unravel_policy(params), state.norm_obs), state.action)
+        mu, std = actor.apply(unravel_policy(params), state.norm_obs)  # of the unclipped action
+        log_2pi = jnp.log(2 * jnp.pi)
+        log_prob = (-0.5 * ((state.action - mu) / std) ** 2 - jnp.log(std) - 0.5 * log_2pi).sum()
+        entropy = (0.5 + 0.5 * log_2pi + jnp.log(std)).sum()
         return -log_prob - args.entropy_coeff * jnp.sign(delta) * entropy
 
-    policy_grads = jax.grad(policy_loss)(state.policy_params)
     # OBGD, one optimiser per network
-    policy_updates, policy_opt_state = policy_optimizer.update(policy_grads, state.policy_opt_state, delta=delta,
-                                                               reset=done > 0)
-    value_updates, value_opt_state = value_optimizer.update(value_grads, state.value_opt_state, delta=delta,
-                                                            reset=done > 0)
-    diagnostics = jnp.stack([delta, policy_opt_state.step_size, value_opt_state.step_size])
-    # the step sizes are logged, not carried: a buffer fewer in and out of every call (3 us each)
-    return state._replace(policy_params=optax.apply_updates(state.policy_params, policy_updates),
-                          value_params=optax.apply_updates(state.value_params, value_updates),
-                          policy_opt_state=policy_opt_state._replace(step_size=None),
-                          value_opt_state=value_opt_state._replace(step_size=None)), diagnostics
-
-
-def act(state: AgentState, norm_obs, *, actor, unravel_policy, low, high):
-    """NEXT ACTION: a ~ Normal(mu, std) of norm_obs by the state's actor. Returns (the state acting in norm_obs
-    with a unclipped, a clipped to the action bounds [low, high], (action_dim,) float32)."""
-    key = jax.random.fold_in(state.key, state.global_step)  # a fresh key per step, none to carry
-    mu, std = actor.apply(unravel_policy(state.policy_params), norm_obs)
-    action = mu + std * jax.random.normal(key, mu.shape)
-    return state._replace(norm_obs=norm_obs, action=action), jnp.clip(action, low, high)
-
-
-def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, actor, critic, unravel_policy, unravel_value,
-               policy_optimizer, value_optimizer, args: Args, max_episode_steps: int, low, high):
-    """One env step: learn from (state.norm_obs, state.action, reward, next_obs, done), then act in next_obs,
-    or in reset_obs if the episode ended. next_obs, reset_obs: (obs_dim,) float32 raw; reward: float32 raw;
-    done: bool. Returns (state, out = [action clipped..., δ, ObGD step sizes of actor, critic] float32: the only
-    host transfer)."""
-    done = jnp.asarray(done, jnp.float32)
-    obs_stats, norm_next_obs = observe(state.obs_stats, next_obs, state.episode_step + 1, max_episode_steps)
-    reward_stats, reward_trace, reward = scale_reward(state.reward_stats, state.reward_trace, reward, done, args.gamma)
-    state = state._replace(reward_stats=reward_stats, reward_trace=reward_trace, global_step=state.global_step + 1)
-    state, diagnostics = learn(state, norm_next_obs, reward, done, actor=actor, critic=critic,
-                               unravel_policy=unravel_policy, unravel_value=unravel_value,
-                               policy_optimizer=policy_optimizer, value_optimizer=value_optimizer, args=args)
+    policy_updates, policy_opt_state = policy_optimizer.update(
+        jax.grad(policy_loss)(state.policy_params), state.policy_opt_state, delta=delta,
+        reset=done > 0)
+    value_updates, value_opt_state = value_optimizer.update(value_grads, state.value_opt_state,
+                                                            delta=delta, reset=done > 0)
     # after a terminal step, the next action is taken in the reset observation
-    reset_stats, norm_reset_obs = observe(obs_stats, reset_obs, 0, max_episode_steps)
-    obs_stats, norm_obs = jax.tree.map(lambda a, b: jnp.where(done > 0, a, b), (reset_stats, norm_reset_obs),
-                                       (obs_stats, norm_next_obs))
-    state = state._replace(obs_stats=obs_stats, episode_step=jnp.where(done > 0, 0, state.episode_step + 1))
-    state, out = act(state, norm_obs, actor=actor, unravel_policy=unravel_policy, low=low, high=high)
+    reset_stats, norm_reset_obs = observe(obs_stats, reset_obs, 0, time_limit)
+    obs_stats, norm_obs = jax.tree.map(lambda a, b: jnp.where(done > 0, a, b),
+                                       (reset_stats, norm_reset_obs), (obs_stats, norm_next_obs))
+    state = state._replace(  # the step sizes are logged, not carried: a buffer fewer per call each
+        policy_params=optax.apply_updates(state.policy_params, policy_updates),
+        value_params=optax.apply_updates(state.value_params, value_updates),
+        policy_opt_state=policy_opt_state._replace(step_size=None),
+        value_opt_state=value_opt_state._replace(step_size=None), obs_stats=obs_stats,
+        reward_stats=reward_stats, reward_trace=reward_trace,
+        episode_step=jnp.where(done > 0, 0, state.episode_step + 1))
+    state, out = act(state, norm_obs, actor=actor, unravel_policy=unravel_policy)
+    diagnostics = jnp.stack([delta, policy_opt_state.step_size, value_opt_state.step_size])
     return state, jnp.append(out, diagnostics)
 
 
-def start(key, obs, saved: AgentState | None, *, actor, critic, unravel_policy, unravel_value, policy_optimizer,
-          value_optimizer, args: Args, max_episode_steps: int, low, high):
-    """A new agent, or the saved one (--load-model: its weights, statistics and global_step), acting in the
-    reset observation obs (obs_dim,) raw. Returns (state, out) as train_step does, with δ and step sizes 0."""
+def start(key, obs, *, actor, critic, unravel_policy, unravel_value, policy_optimizer,
+          value_optimizer, args: Args, time_limit: int):
+    """A new agent acting in the reset observation obs (obs_dim,) raw; returns as train_step."""
     key_policy, key_value, key = jax.random.split(key, 3)
     policy_params = ravel_pytree(actor.init(key_policy, jnp.zeros(obs.shape[-1] + 1)))[0]
     value_params = ravel_pytree(critic.init(key_value, jnp.zeros(obs.shape[-1] + 1)))[0]
     zero = jnp.float32(0.0)
+    stats, norm_obs = observe(RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), zero), obs, 0,
+                              time_limit)
     state = AgentState(policy_params, value_params, policy_optimizer.init(policy_params),
-                       value_optimizer.init(value_params), RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), zero),
-                       RunningStats(zero, zero, zero), zero, None, None, jnp.int32(0), jnp.int32(0), key)
-    if saved is not None:
-        state = state._replace(policy_params=saved.policy_params, value_params=saved.value_params,
-                               obs_stats=saved.obs_stats, reward_stats=saved.reward_stats,
-                               global_step=saved.global_step)
-    obs_stats, norm_obs = observe(state.obs_stats, obs, 0, max_episode_steps)
-    state, out = act(state._replace(obs_stats=obs_stats), norm_obs, actor=actor, unravel_policy=unravel_policy,
-                     low=low, high=high)
+                       value_optimizer.init(value_params), stats, RunningStats(zero, zero, zero),
+                       zero, None, None, jnp.int32(0), jnp.int32(0), key)
+    state, out = act(state, norm_obs, actor=actor, unravel_policy=unravel_policy)
     return state, jnp.append(out, jnp.zeros(3))
-
-
-# the tags of out's last columns, logged as means of |.| since the last log
-DIAGNOSTICS = ("losses/td_error", "charts/obgd_step_size_policy", "charts/obgd_step_size_value")
-
-
-def evaluate_step(state: AgentState, obs, new_episode, *, actor, critic, unravel_policy, unravel_value, args: Args,
-                  max_episode_steps: int, low, high):
-    """CleanRL's evaluation: the mean action in obs (obs_dim,) raw, clipped, learning off, the normaliser frozen;
-    new_episode (bool) restarts the time feature. Returns (state, action)."""
-    episode_step = jnp.where(new_episode, 0, state.episode_step + 1)
-    norm_obs = jnp.append(state.obs_stats.normalize(obs), -0.5 + episode_step / max_episode_steps)
-    mu, _ = actor.apply(unravel_policy(state.policy_params), norm_obs)
-    return state._replace(episode_step=episode_step), jnp.clip(mu, low, high)
-
-def fail(message: str):
-    """Exit with a one-line error on stderr."""
-    sys.exit(f"error: {message}")
-
-
-def save_model(path: str, state: AgentState, args: Args):
-    """Write one agent's AgentState with flax.serialization (msgpack), tagged with what load_model checks."""
-    meta = dict(script=os.path.basename(__file__), env=args.env, hidden_size=args.hidden_size)
-    with open(path, "wb") as f:
-        f.write(flax.serialization.msgpack_serialize(dict(meta, agent=flax.serialization.to_state_dict(state))))
-
-
-def load_model(path: str, args: Args) -> dict:
-    """The agent's state dict in a save_model file; a one-line error if the file is missing, unreadable,
-    or from another script, env or network size."""
-    try:
-        with open(path, "rb") as f:
-            saved = flax.serialization.msgpack_restore(f.read())
-        meta = (saved["script"], saved["env"], saved["hidden_size"])
-    except Exception as e:  # no such file, not msgpack (several kinds), or not a dict with these keys
-        fail(f"--load-model {path} is not a file written by --save-model ({type(e).__name__}: {e})")
-    if meta != (os.path.basename(__file__), args.env, args.hidden_size):
-        fail(f"--load-model {path} holds a {meta[0]} agent for --env {meta[1]} --hidden-size {meta[2]}; this run is "
-             f"{os.path.basename(__file__)} --env {args.env} --hidden-size {args.hidden_size}")
-    return saved["agent"]
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for flag, value, ok, want in [
-        ("--total-steps", args.total_steps, args.total_steps > 0 or (args.total_steps == 0 and args.load_model),
-         "a positive integer (0 only with --load-model)"),
-        ("--num-seeds", args.num_seeds, args.num_seeds > 0, "a positive integer"),
-        ("--eval-episodes", args.eval_episodes, args.eval_episodes >= 0, "0 or more"),
-        ("--vectorization-mode", args.vectorization_mode, args.vectorization_mode in ("sync", "async"),
-         "sync or async"),
-        ("--device", args.device, args.device in ("cpu", "gpu"), "cpu or gpu"),
-    ]:
-        if not ok:
-            fail(f"{flag} must be {want}, got {value!r}")
-    saved = load_model(args.load_model, args) if args.load_model else None
+    if min(args.total_steps, args.num_seeds) < 1:
+        sys.exit("error: --total-steps and --num-seeds must be positive integers")
     seeds = [args.seed + i for i in range(args.num_seeds)]
-    run_names = [f"{re.sub(r'[^A-Za-z0-9_.-]', '_', args.env)}__{args.exp_name}__{seed}__{int(time.time())}"
-                 for seed in seeds]
-
-    # One env per agent, made before JAX starts (async workers fork without its threads). SAME_STEP
-    # autoreset: after a terminal step obs is the reset observation, info["final_obs"] the terminal one.
-    def make_envs(video_folder: str | None):
-        vector_env = gym.vector.AsyncVectorEnv if args.vectorization_mode == "async" else gym.vector.SyncVectorEnv
-        env_fns = [partial(make_env, args.env, video_folder if i == 0 else None) for i in range(args.num_seeds)]
-        return vector_env(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # async workers ignore Ctrl-C: this process stops them
-    try:
-        envs = make_envs(f"videos/{run_names[0]}" if args.capture_video else None)
+    env_name = args.env.replace("/", "_").replace(":", "_")
+    run_names = [f"{env_name}__{args.exp_name}__{seed}__{int(time.time())}" for seed in seeds]
+    video = f"videos/{run_names[0]}" if args.capture_video else None  # the first agent's
+    try:  # one env per agent, reset in the step that ends an episode (SAME_STEP)
+        envs = gym.vector.SyncVectorEnv(
+            [partial(make_env, args.env, video if i == 0 else None) for i in range(args.num_seeds)],
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     except gym.error.Error as e:
-        fail(f"--env {args.env!r} cannot be made: {str(e).splitlines()[0]} (MinAtar games run with "
-             "stream_q_minatar.py, Atari with stream_q_atari.py, dm_control with stream_ac_continuous.py)")
-    interrupted = []  # Ctrl-C ends the run after the step it came in, so no library is cut off midway
-    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+        sys.exit(f"error: --env {args.env!r} cannot be made: {str(e).splitlines()[0]}")
     action_space, observation_space = envs.single_action_space, envs.single_observation_space
-    if not (isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1
-            and isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1):
-        fail(f"{os.path.basename(__file__)} needs a flat Box (continuous) action space and a flat Box observation; "
-             f"--env {args.env} has {action_space} and observations of shape {observation_space.shape} (discrete "
-             "actions run with stream_ac_discrete.py)")
-    if args.device == "cpu":  # tiny nets: XLA:CPU's thread hand-offs cost more than the kernels (README, Speed)
+    if not all(isinstance(space, gym.spaces.Box) and len(space.shape) == 1
+               for space in (action_space, observation_space)):
+        sys.exit(f"error: {os.path.basename(__file__)} needs flat Box actions and observations; "
+                 f"--env {args.env} has {action_space} and {observation_space}")
+    if args.device == "cpu":  # tiny nets: XLA:CPU's thread hand-offs cost more than the kernels
         jax.config.update("jax_platforms", "cpu")
-        jax.config.update("jax_cpu_enable_async_dispatch", False)  # the action is needed at once anyway
+        jax.config.update("jax_cpu_enable_async_dispatch", False)  # the action is needed at once
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-        if hasattr(os, "sched_setaffinity"):  # JAX's threads stay on the core the OS started this run on
+        if hasattr(os, "sched_setaffinity"):  # JAX's threads stay on the core this run started on
             os.sched_setaffinity(0, {ctypes.CDLL(None).sched_getcpu()})
     elif jax.default_backend() != "gpu":
-        fail("--device gpu, but JAX finds no GPU here (install jax[cuda12], or use --device cpu)")
+        sys.exit("error: --device gpu, but JAX finds no GPU (install jax[cuda12], or --device cpu)")
     if args.track:
         import wandb
 
-        # monitor_gym=True breaks gymnasium 1.x's RecordVideo (wandb issue 9947): videos are logged at the end
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=vars(args), name=run_names[0], monitor_gym=False, save_code=True)
     writers = [SummaryWriter(f"runs/{run_name}") for run_name in run_names]
@@ -428,91 +306,70 @@ if __name__ == "__main__":
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
-    keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])  # each agent's key from its own seed
+    keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])  # each agent's from its seed
     envs.action_space.seed(args.seed)
-    obs, _ = envs.reset(seed=seeds)
+    obs = np.asarray(envs.reset(seed=seeds)[0], np.float32)
 
-    # One jitted call per env step for all agents (jax.vmap: they share the call's fixed cost) updates each
-    # agent and returns its next action; the state is donated, `out` is the only host transfer. Each network's
-    # weights are one flat vector, as ObGD sees them: fewer buffers in and out of every call.
+    # One jitted call per env step updates every agent and returns its next action; the state is
+    # donated. Agents share the call's cost (vmap); one agent runs unbatched (faster XLA code).
     actor, critic = Actor(action_space.shape[0], args.hidden_size), Critic(args.hidden_size)
-    x0 = np.zeros(obs.shape[-1] + 1, np.float32)
-    unravel_policy, unravel_value = unravel_fn(actor, x0), unravel_fn(critic, x0)
-    kwargs = dict(actor=actor, critic=critic, unravel_policy=unravel_policy, unravel_value=unravel_value, args=args,
-                  max_episode_steps=envs.get_attr("spec")[0].max_episode_steps or 1000, low=action_space.low,
-                  high=action_space.high)
-    optimizers = dict(policy_optimizer=obgd(args.lr, args.gamma, args.lamda, args.kappa_policy),
-                      value_optimizer=obgd(args.lr, args.gamma, args.lamda, args.kappa_value))
-    step_fn = jax.jit(jax.vmap(partial(train_step, **optimizers, **kwargs)), donate_argnums=0)
-    start_fn, obs = partial(start, **optimizers, **kwargs), np.asarray(obs, np.float32)
-    if saved is not None:  # the saved agent in AgentState's structure, one copy per seed
-        try:
-            saved = flax.serialization.from_state_dict(jax.eval_shape(start_fn, keys[0], obs[0], None)[0], saved)
-        except (ValueError, KeyError) as e:  # a file written by another version of this script
-            fail(f"--load-model {args.load_model} does not hold this version's agent state ({e})")
-        saved = jax.tree.map(lambda x: np.broadcast_to(x, (args.num_seeds, *np.shape(x))), saved)
-    state, out = jax.jit(jax.vmap(start_fn))(keys, obs, saved)
+    optimizer = partial(obgd, args.lr, args.gamma, args.lamda, adaptive=args.optimizer != "obgd")
+    kwargs = dict(actor=actor, critic=critic, policy_optimizer=optimizer(args.kappa_policy),
+                  value_optimizer=optimizer(args.kappa_value), args=args,
+                  unravel_policy=ravel_pytree(actor.init(keys[0], jnp.zeros(obs.shape[-1] + 1)))[1],
+                  unravel_value=ravel_pytree(critic.init(keys[0], jnp.zeros(obs.shape[-1] + 1)))[1],
+                  time_limit=envs.get_attr("spec")[0].max_episode_steps or 1000)  # dm_control: 1000
+    batch = jax.vmap if args.num_seeds > 1 else lambda f: lambda *xs: jax.tree.map(
+        lambda y: y[None], f(*jax.tree.map(lambda x: x[0], xs)))
+    step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)
+    state, out = jax.jit(batch(partial(start, **kwargs)))(keys, obs)
     action = np.asarray(out)[:, :-3]
 
-    start_step = 0 if saved is None else int(saved.global_step[0])  # --load-model goes on from the saved step
-    start_time, logged_step, diagnostic_sums = time.time(), start_step, np.zeros((args.num_seeds, len(DIAGNOSTICS)))
+    start_time = time.time()
+    diagnostic_sums, last_return = np.zeros((args.num_seeds, 3)), np.full(args.num_seeds, np.nan)
+    progress = tqdm.trange(1, args.total_steps + 1, disable=None)  # quiet if not on a terminal
     try:
-        for global_step in range(start_step + 1, start_step + args.total_steps + 1):
+        for global_step in progress:
             obs, reward, terminated, truncated, info = envs.step(action)
             done = terminated | truncated
             ended = np.flatnonzero(done)  # the agents whose env was reset in this step
-            reset_obs = np.asarray(obs, np.float32)  # where an episode ended, the reset observation
-            next_obs = reset_obs.copy() if len(ended) else reset_obs
-            for i in ended:
+            reset_obs, next_obs = np.asarray(obs, np.float32), np.array(obs, np.float32)
+            for i in ended:  # obs holds their reset observation, info["final_obs"] the terminal one
                 next_obs[i] = info["final_obs"][i]
             state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs)
             out = np.asarray(out)
-            action, diagnostics = out[:, :-3], out[:, -len(DIAGNOSTICS):]
-            if not np.isfinite(diagnostics[:, 0]).all():  # the TD error
-                i = np.flatnonzero(~np.isfinite(diagnostics[:, 0]))[0]
-                fail(f"non-finite TD error at global_step={global_step} for seed {seeds[i]}; "
-                     f"logs so far are in runs/{run_names[i]}")
+            action = out[:, :-3]
+            for i in np.flatnonzero(~np.isfinite(out[:, -3])):  # a non-finite δ stops the run
+                sys.exit(f"error: non-finite TD error at global_step={global_step} for seed "
+                         f"{seeds[i]}; logs so far are in runs/{run_names[i]}")
             for i in ended:
-                episodic_return, episodic_length = (float(info["final_info"]["episode"][k][i]) for k in "rl")
+                episodic_return, length = (float(info["final_info"]["episode"][k][i]) for k in "rl")
                 writers[i].add_scalar("charts/episodic_return", episodic_return, global_step)
-                writers[i].add_scalar("charts/episodic_length", episodic_length, global_step)
+                writers[i].add_scalar("charts/episodic_length", length, global_step)
+                last_return[i] = episodic_return
                 if args.debug:
-                    print(f"seed={seeds[i]}, global_step={global_step}, episodic_return={episodic_return:.1f}, "
-                          f"episodic_length={episodic_length:.0f}")
-            diagnostic_sums += np.abs(diagnostics)
-            if global_step % 1000 == 0:
-                sps = int((global_step - start_step) / (time.time() - start_time))
-                for writer, means in zip(writers, diagnostic_sums / (global_step - logged_step)):
-                    for tag, value in zip(("charts/SPS", *DIAGNOSTICS), (sps, *means)):
-                        writer.add_scalar(tag, value, global_step)
-                diagnostic_sums[:], logged_step = 0.0, global_step
-            if interrupted:
-                fail(f"interrupted at global_step={global_step}; logs so far are in runs/")
-
-        if args.save_model:
-            for i, run_name in enumerate(run_names):
-                save_model(f"runs/{run_name}/{args.exp_name}.cleanrl_model", jax.tree.map(lambda x: x[i], state), args)
-        # EVALUATION, as CleanRL's: each agent plays --eval-episodes episodes, learning off
-        if args.eval_episodes and (args.save_model or args.load_model):
-            envs.close()
-            envs = make_envs(f"videos/{run_names[0]}-eval" if args.capture_video else None)
-            eval_fn = jax.jit(jax.vmap(partial(evaluate_step, **kwargs)))
-            (obs, _), new_episode, returns = envs.reset(seed=seeds), np.ones(args.num_seeds, bool), [[] for _ in seeds]
-            while min(map(len, returns)) < args.eval_episodes and not interrupted:
-                state, action = eval_fn(state, np.asarray(obs, np.float32), new_episode)
-                obs, _, terminated, truncated, info = envs.step(np.asarray(action))
-                new_episode = terminated | truncated
-                for i in np.flatnonzero(new_episode):
-                    returns[i].append(float(info["final_info"]["episode"]["r"][i]))
-            for writer, agent_returns in zip(writers, returns):
-                for idx, episodic_return in enumerate(agent_returns[: args.eval_episodes]):
-                    writer.add_scalar("eval/episodic_return", episodic_return, idx)
-    finally:
-        envs.close()
-        for writer in writers:
-            writer.close()
+                    print(f"seed={seeds[i]}, global_step={global_step}, episodic_return="
+                          f"{episodic_return:.1f}, episodic_length={length:.0f}")
+            diagnostic_sums += np.abs(out[:, -3:])
+            if global_step % 1000 == 0:  # the diagnostics: mean |δ| and step size since last log
+                sps = int(global_step / (time.time() - start_time))
+                for writer, (td_error, policy, value) in zip(writers, diagnostic_sums / 1000):
+                    writer.add_scalar("charts/SPS", sps, global_step)
+                    writer.add_scalar("losses/td_error", td_error, global_step)
+                    writer.add_scalar("charts/obgd_step_size_policy", policy, global_step)
+                    writer.add_scalar("charts/obgd_step_size_value", value, global_step)
+                diagnostic_sums[:] = 0.0
+                if not np.isnan(last_return).all():
+                    progress.set_postfix(episodic_return=np.nanmean(last_return), refresh=False)
+    except KeyboardInterrupt:
+        sys.exit(f"error: interrupted at global_step={global_step}; logs so far are in runs/")
+    finally:  # every log flushed
+        for closable in (envs, *writers):
+            closable.close()
+    for i, run_name in enumerate(run_names if args.save_model else []):
+        with open(f"runs/{run_name}/{args.exp_name}.cleanrl_model", "wb") as f:
+            f.write(flax.serialization.to_bytes(jax.tree.map(lambda x: x[i], state)))
     if args.track and args.capture_video:
-        for path in sorted(glob.glob(f"videos/{run_names[0]}*/*.mp4")):
-            wandb.log({"videos": wandb.Video(path)})
-    print(f"finished {args.total_steps} steps of {args.num_seeds} agent(s) in {time.time() - start_time:.0f} s; "
-          f"logs in runs/{run_names[0]}" + (f" and {args.num_seeds - 1} more" if args.num_seeds > 1 else ""))
+        for name in sorted(os.listdir(video)):
+            wandb.log({"videos": wandb.Video(f"{video}/{name}")})
+    print(f"finished in {time.time() - start_time:.0f} s; logs in runs/{run_names[0]} and the like")

@@ -84,14 +84,6 @@ def sparse_init(sparsity: float = 0.9):
     return init
 
 
-def hidden_layers(x, hidden_size: int):
-    """Two hidden layers dense -> LayerNorm -> leaky_relu, of the calling nn.compact module."""
-    for _ in range(2):
-        x = nn.Dense(hidden_size, kernel_init=sparse_init())(x)
-        x = leaky_relu(nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x))
-    return x
-
-
 class Actor(nn.Module):
     """(obs_dim + 1,) float32 -> logits (n_actions,) float32 of a categorical policy."""
 
@@ -100,7 +92,9 @@ class Actor(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = hidden_layers(x, self.hidden_size)
+        for _ in range(2):  # hidden layers: dense -> LayerNorm (no scale or bias) -> leaky_relu
+            x = nn.Dense(self.hidden_size, kernel_init=sparse_init())(x)
+            x = leaky_relu(nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x))
         return nn.Dense(self.n_actions, kernel_init=sparse_init())(x)
 
 
@@ -111,7 +105,9 @@ class Critic(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = hidden_layers(x, self.hidden_size)
+        for _ in range(2):  # hidden layers: dense -> LayerNorm (no scale or bias) -> leaky_relu
+            x = nn.Dense(self.hidden_size, kernel_init=sparse_init())(x)
+            x = leaky_relu(nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x))
         return nn.Dense(1, kernel_init=sparse_init())(x)[..., 0]
 
 
@@ -198,12 +194,10 @@ def act(state: AgentState, norm_obs, *, actor, unravel_policy):
     return state._replace(norm_obs=norm_obs, action=action), action[None].astype(jnp.float32)
 
 
-def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, actor, critic,
-               unravel_policy, unravel_value, policy_optimizer, value_optimizer, args: Args,
-               time_limit: int):
-    """One env step of Stream AC(λ): learn from (s, a, r, s', done), then act in s', or if it ended
-    in reset_obs. next_obs, reset_obs: (obs_dim,) float32 raw; reward float32 raw; done bool.
-    Returns (state, out = [action, δ, ObGD step sizes of actor, critic] float32, to the host)."""
+def train_step(state, next_obs, reward, done, reset_obs, *, actor, critic, unravel_policy,
+               unravel_value, policy_optimizer, value_optimizer, args: Args, time_limit: int):
+    """One env step of Stream AC(λ): learn from (s, a, r, s', done), then act in s' (reset_obs if it
+    ended); raw obs (obs_dim,) float32. Returns (state, [action, δ, ObGD step sizes] float32)."""
     done = jnp.asarray(done, jnp.float32)
     state = state._replace(global_step=state.global_step + 1)  # this step's, for act()
     obs_stats, norm_next_obs = observe(state.obs_stats, next_obs, state.episode_step + 1,
@@ -228,9 +222,9 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, actor, c
         return -log_prob - args.entropy_coeff * jnp.sign(delta) * entropy
 
     # OBGD, one optimiser per network
-    policy_grads = jax.grad(policy_loss)(state.policy_params)
-    policy_updates, policy_opt_state = policy_optimizer.update(policy_grads, state.policy_opt_state,
-                                                               delta=delta, reset=done > 0)
+    policy_updates, policy_opt_state = policy_optimizer.update(
+        jax.grad(policy_loss)(state.policy_params), state.policy_opt_state, delta=delta,
+        reset=done > 0)
     value_updates, value_opt_state = value_optimizer.update(value_grads, state.value_opt_state,
                                                             delta=delta, reset=done > 0)
     # after a terminal step, the next action is taken in the reset observation
@@ -296,7 +290,6 @@ if __name__ == "__main__":
     if args.track:
         import wandb
 
-        # monitor_gym=True breaks gymnasium 1.x's RecordVideo: videos are logged at the end
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=vars(args), name=run_names[0], monitor_gym=False, save_code=True)
     writers = [SummaryWriter(f"runs/{run_name}") for run_name in run_names]
@@ -314,13 +307,12 @@ if __name__ == "__main__":
     # One jitted call per env step updates every agent and returns its next action; the state is
     # donated. Agents share the call's cost (vmap); one agent runs unbatched (faster XLA code).
     actor, critic = Actor(action_space.n, args.hidden_size), Critic(args.hidden_size)
-    x0, adaptive = np.zeros(obs.shape[-1] + 1, np.float32), args.optimizer == "adaptive"
-    kwargs = dict(actor=actor, critic=critic, args=args,
-                  unravel_policy=ravel_pytree(actor.init(keys[0], x0))[1],
-                  unravel_value=ravel_pytree(critic.init(keys[0], x0))[1],
+    optimizer = partial(obgd, args.lr, args.gamma, args.lamda, adaptive=args.optimizer != "obgd")
+    kwargs = dict(actor=actor, critic=critic, policy_optimizer=optimizer(args.kappa_policy),
+                  value_optimizer=optimizer(args.kappa_value), args=args,
+                  unravel_policy=ravel_pytree(actor.init(keys[0], jnp.zeros(obs.shape[-1] + 1)))[1],
+                  unravel_value=ravel_pytree(critic.init(keys[0], jnp.zeros(obs.shape[-1] + 1)))[1],
                   time_limit=envs.get_attr("spec")[0].max_episode_steps)
-    for net, kappa in [("policy", args.kappa_policy), ("value", args.kappa_value)]:
-        kwargs[f"{net}_optimizer"] = obgd(args.lr, args.gamma, args.lamda, kappa, adaptive)
     batch = jax.vmap if args.num_seeds > 1 else lambda f: lambda *xs: jax.tree.map(
         lambda y: y[None], f(*jax.tree.map(lambda x: x[0], xs)))
     step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)
@@ -341,7 +333,7 @@ if __name__ == "__main__":
             state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs)
             out = np.asarray(out)
             action = out[:, 0].astype(np.int64)
-            for i in np.flatnonzero(~np.isfinite(out[:, 1])):  # a non-finite TD error stops the run
+            for i in np.flatnonzero(~np.isfinite(out[:, -3])):  # a non-finite δ stops the run
                 sys.exit(f"error: non-finite TD error at global_step={global_step} for seed "
                          f"{seeds[i]}; logs so far are in runs/{run_names[i]}")
             for i in ended:
@@ -352,7 +344,7 @@ if __name__ == "__main__":
                 if args.debug:
                     print(f"seed={seeds[i]}, global_step={global_step}, episodic_return="
                           f"{episodic_return:.1f}, episodic_length={length:.0f}")
-            diagnostic_sums += np.abs(out[:, 1:])
+            diagnostic_sums += np.abs(out[:, -3:])
             if global_step % 1000 == 0:  # the diagnostics: mean |δ| and step size since last log
                 sps = int(global_step / (time.time() - start_time))
                 for writer, (td_error, policy, value) in zip(writers, diagnostic_sums / 1000):

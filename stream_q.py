@@ -267,7 +267,6 @@ if __name__ == "__main__":
     if args.track:
         import wandb
 
-        # monitor_gym=True breaks gymnasium 1.x's RecordVideo: videos are logged at the end
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=vars(args), name=run_names[0], monitor_gym=False, save_code=True)
     writers = [SummaryWriter(f"runs/{run_name}") for run_name in run_names]
@@ -309,7 +308,7 @@ if __name__ == "__main__":
             state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs)
             out = np.asarray(out)
             action, epsilon = out[:, 0].astype(np.int64), out[:, 1]
-            for i in np.flatnonzero(~np.isfinite(out[:, 2])):  # a non-finite TD error stops the run
+            for i in np.flatnonzero(~np.isfinite(out[:, 2])):  # a non-finite δ stops the run
                 sys.exit(f"error: non-finite TD error at global_step={global_step} for seed "
                          f"{seeds[i]}; logs so far are in runs/{run_names[i]}")
             for i in ended:
