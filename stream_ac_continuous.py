@@ -277,7 +277,7 @@ if __name__ == "__main__":
         envs = gym.vector.SyncVectorEnv(
             [partial(make_env, args.env, video if i == 0 else None) for i in range(args.num_seeds)],
             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    except gym.error.Error as e:
+    except (gym.error.Error, TypeError) as e:  # TypeError: ClipAction of a non-Box action space
         sys.exit(f"error: --env {args.env!r} cannot be made: {str(e).splitlines()[0]}")
     action_space, observation_space = envs.single_action_space, envs.single_observation_space
     if not all(isinstance(space, gym.spaces.Box) and len(space.shape) == 1
