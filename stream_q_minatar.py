@@ -1,24 +1,19 @@
-"""Stream Q(λ) on MinAtar: Watkins' Q(λ) with eligibility traces, ObGD and a small conv net, one update per
-step, no replay buffer.
+"""Stream Q(λ) on MinAtar: Watkins' Q(λ), eligibility traces, ObGD and a small conv net, no replay.
 
-Elsayed, Vasan, Mahmood 2024, "Streaming Deep Reinforcement Learning Finally Works", arXiv 2410.14606,
-Algorithm "Stream Q(λ)"; reference code github.com/mohmdelsayed/streaming-drl (407dca7, stream_q_minatar.py).
-Differences from the reference: the (10, 10, C) observation stays channels-last (flax's layout: the conv
-computes the same function, and flattening in another order only permutes the inputs of the next, randomly
-initialised, layer); running statistics are float32; the env's action space is seeded.
-"""
+Elsayed, Vasan, Mahmood 2024, "Streaming Deep Reinforcement Learning Finally Works", arXiv
+2410.14606, Algorithm "Stream Q(λ)"; reference github.com/mohmdelsayed/streaming-drl (407dca7,
+stream_q_minatar.py). Unlike it: the (10, 10, C) observation stays channels-last (flax's layout:
+the conv computes the same function, and flattening in another order only permutes the inputs of
+the next, randomly initialised, layer), float32 statistics, a seeded action space."""
 import ctypes
-import glob
 import math
 import os
 import random
-import re
-import signal
 import sys
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -28,105 +23,80 @@ import jax.numpy as jnp
 import minatar.gym
 import numpy as np
 import optax
+import tqdm
 import tyro
 from tensorboardX import SummaryWriter
 
 
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
-    seed: int = 0
-    """seed of python, numpy, JAX and the env"""
-    device: str = "cpu"
-    """where JAX runs: cpu or gpu"""
-    debug: bool = False
-    """print one line per episode"""
-    num_seeds: int = 1
-    """independent agents run in this process, with seeds seed, seed+1, ..., each in its own run folder"""
-    vectorization_mode: str = "sync"
-    """how the agents' envs step: sync (in this process) or async (one worker process each)"""
-    track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases"""
-    wandb_project_name: str = "cleanRL"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-    capture_video: bool = False
-    """whether to capture videos of the agent performances (check out `videos` folder)"""
-    save_model: bool = False
-    """whether to save model into the `runs/{run_name}` folder"""
-    load_model: str | None = None
-    """a model file written by --save-model to go on from (every agent starts from it, at its global step)"""
-    eval_episodes: int = 10
-    """episodes evaluated after a --save-model or --load-model run (learning off, normaliser frozen)"""
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]  # the name of this experiment
+    seed: int = 0  # seed of python, numpy, JAX and the env; agent i has seed + i
+    device: Literal["cpu", "gpu"] = "cpu"  # where JAX runs
+    debug: bool = False  # print one line per episode
+    num_seeds: int = 1  # independent agents in this process, each with its own run folder
+    track: bool = False  # if toggled, this experiment will be tracked with Weights and Biases
+    wandb_project_name: str = "cleanRL"  # the wandb's project name
+    wandb_entity: str | None = None  # the entity (team) of wandb's project
+    capture_video: bool = False  # film the first agent's episodes 0, 1, 8, 27, ... into videos/
+    save_model: bool = False  # save each agent to runs/{run_name}/{exp_name}.cleanrl_model
 
     # Algorithm specific arguments
-    env: str = "MinAtar/Breakout-v1"
-    """MinAtar/<Game>-v1 with Game one of Asterix, Breakout, Freeway, Seaquest, SpaceInvaders"""
-    total_steps: int = 5_000_000
-    """number of environment steps; one update per step"""
-    gamma: float = 0.99
-    """discount factor"""
-    lamda: float = 0.8
-    """eligibility-trace decay λ"""
-    kappa: float = 2.0
-    """ObGD bound: larger kappa takes smaller steps when the trace is large"""
-    lr: float = 1.0
-    """ObGD step size alpha"""
-    hidden_size: int = 128
-    """units in the dense hidden layer"""
-    start_e: float = 1.0
-    """starting epsilon for exploration"""
-    end_e: float = 0.01
-    """final epsilon for exploration"""
-    exploration_fraction: float = 0.2
-    """fraction of total-steps over which epsilon decays linearly from start-e to end-e"""
-
+    env: str = "MinAtar/Breakout-v1"  # MinAtar/<Game>-v1: Asterix, Breakout, Freeway, Seaquest, ...
+    total_steps: int = 5_000_000  # environment steps per agent; one update per step
+    optimizer: Literal["obgd", "adaptive"] = "obgd"  # ObGD, or the reference's AdaptiveObGD
+    gamma: float = 0.99  # discount factor
+    lamda: float = 0.8  # eligibility-trace decay λ
+    kappa: float = 2.0  # ObGD bound: larger kappa takes smaller steps when the trace is large
+    lr: float = 1.0  # ObGD step size alpha
+    hidden_size: int = 128  # units in the dense hidden layer
+    start_e: float = 1.0  # starting epsilon for exploration
+    end_e: float = 0.01  # final epsilon for exploration
+    exploration_fraction: float = 0.2  # fraction of total-steps over which epsilon decays linearly
 
 
 class RenderUpscaled(gym.Wrapper):
-    """MinAtar renders (10, 10, 3) floats in [0, 1]: 32x larger uint8 frames make a video one can watch."""
+    """MinAtar renders (10, 10, 3) floats in [0, 1]: 32x larger uint8 frames make a real video."""
 
     def render(self):
         return (np.kron(self.env.render(), np.ones((32, 32, 1))) * 255).astype(np.uint8)
 
 
-def make_env(env_id: str, video_folder: str | None = None) -> gym.Env:
+def make_env(env_id: str, video_dir: str | None = None) -> gym.Env:
     """MinAtar env (sticky actions 0.1, difficulty ramping, no time limit) with episode statistics;
-    with a video_folder, gymnasium's RecordVideo films episodes 0, 1, 8, 27, ... into it."""
+    with a video_dir, gymnasium's RecordVideo films episodes 0, 1, 8, 27, ... into it."""
     if env_id.startswith("MinAtar/") and env_id not in gym.registry:
         minatar.gym.register_envs()  # minatar does not register them on import under gymnasium 1.x
-    env = gym.make(env_id, **({"render_mode": "rgb_array"} if video_folder else {}))
-    if video_folder:
-        env = gym.wrappers.RecordVideo(RenderUpscaled(env), video_folder)
+    env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
+    env = gym.wrappers.RecordVideo(RenderUpscaled(env), video_dir) if video_dir else env
     return gym.wrappers.RecordEpisodeStatistics(env)
 
+
 def leaky_relu(x):
-    """leaky_relu(0.01) with torch's gradient 0.01 at 0 (jax.nn's is 1): sparse init with fan_in <= 9
-    zeroes every input weight, so first-layer units start at exactly 0 (SPEC §2)."""
+    """leaky_relu(0.01), gradient 0.01 at 0 as torch's (jax.nn's: 1); units start at 0 (SPEC §2)."""
     return jnp.where(x > 0, x, 0.01 * x)
 
 
 def sparse_init(sparsity: float = 0.9):
-    """Flax kernel initialiser (reference sparse_init.py; paper §3): uniform in ±1/sqrt(fan_in), then exactly
-    ceil(sparsity * fan_in) inputs of each output unit zeroed; fan_in = prod(shape[:-1]), dense or conv."""
+    """Kernel initialiser (paper §3; reference sparse_init.py): uniform in ±1/sqrt(fan_in), then
+    exactly ceil(sparsity * fan_in) inputs of each output unit zeroed; fan_in = prod(shape[:-1])."""
 
     def init(key, shape, dtype=jnp.float32):
         fan_in, fan_out = math.prod(shape[:-1]), shape[-1]
         key_w, key_p = jax.random.split(key)
-        kernel = jax.random.uniform(key_w, (fan_in, fan_out), dtype, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+        bound = 1 / math.sqrt(fan_in)
+        kernel = jax.random.uniform(key_w, (fan_in, fan_out), dtype, -bound, bound)
         # ranks of uniform noise: a random permutation of the inputs per output unit
-        ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key_p, (fan_in, fan_out)), axis=0), axis=0)
+        ranks = jax.random.uniform(key_p, (fan_in, fan_out)).argsort(axis=0).argsort(axis=0)
         return (kernel * (ranks >= math.ceil(sparsity * fan_in))).reshape(shape)
 
     return init
 
 
 class QNetwork(nn.Module):
-    """(..., 10, 10, C) float32 -> Q-values (..., n_actions) (reference stream_q_minatar.py): conv 16 3x3 valid
-    -> LayerNorm over all of 8x8x16 -> leaky_relu -> flatten -> dense -> LayerNorm -> leaky_relu -> dense;
-    the LayerNorms have no scale or bias."""
+    """(..., 10, 10, C) float32 -> Q-values (..., n_actions) (reference stream_q_minatar.py): conv
+    16 3x3 valid -> LayerNorm over all of 8x8x16 -> leaky_relu -> flatten -> dense -> LayerNorm ->
+    leaky_relu -> dense; the LayerNorms have no scale or bias."""
 
     n_actions: int
     hidden_size: int = 128
@@ -134,15 +104,15 @@ class QNetwork(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = nn.Conv(16, (3, 3), padding="VALID", kernel_init=sparse_init())(x)
-        x = leaky_relu(nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False, reduction_axes=(-3, -2, -1))(x))
-        x = nn.Dense(self.hidden_size, kernel_init=sparse_init())(x.reshape(*x.shape[:-3], -1))
+        x = nn.LayerNorm(1e-5, use_bias=False, use_scale=False, reduction_axes=(-3, -2, -1))(x)
+        x = leaky_relu(x).reshape(*x.shape[:-3], -1)  # flattened after the LayerNorm over 8x8x16
+        x = nn.Dense(self.hidden_size, kernel_init=sparse_init())(x)
         x = leaky_relu(nn.LayerNorm(epsilon=1e-5, use_bias=False, use_scale=False)(x))
         return nn.Dense(self.n_actions, kernel_init=sparse_init())(x)
 
 
 class RunningStats(NamedTuple):
-    """Welford statistics of a stream, float32 (reference normalization_wrappers.py): the first sample sets
-    the mean; the variance is unbiased (ddof 1), and 1 while fewer than 2 samples were seen."""
+    """Welford statistics, float32 (reference normalization_wrappers.py); var 1 until 2 samples."""
 
     mean: jax.Array
     p: jax.Array  # sum of squared deviations from the mean
@@ -161,59 +131,46 @@ class RunningStats(NamedTuple):
 
 
 def observe(obs_stats: RunningStats, obs):
-    """Raw obs (10, 10, C) -> (obs_stats updated with it FIRST, then obs normalised per element, float32);
-    no time feature on MinAtar."""
+    """obs_stats updated with raw obs (10, 10, C) FIRST, then obs normalised; no time feature."""
     obs_stats = obs_stats.update(obs)
     return obs_stats, obs_stats.normalize(obs)
 
 
-def scale_reward(reward_stats: RunningStats, reward_trace, reward, done, gamma: float):
-    """The reference's ScaleReward: u <- gamma * u * (1 - done) + r, Welford statistics of u, emit
-    r / sqrt(var(u) + 1e-8). Returns (reward_stats, reward_trace, scaled reward), float32."""
-    reward_trace = gamma * reward_trace * (1.0 - done) + reward
-    reward_stats = reward_stats.update(reward_trace)
-    return reward_stats, reward_trace, reward / jnp.sqrt(reward_stats.var() + 1e-8)
-
-
 class ObGDState(NamedTuple):
     eligibility_trace: optax.Updates  # z, shaped like the parameters
+    v: optax.Updates | None = None  # adaptive: running mean of (δz)², shaped like z
+    count: jax.Array | None = None  # adaptive: updates so far, for the bias correction
     step_size: jax.Array | None = None  # lr / max(M, 1) of the last update, for the logs
 
 
-def obgd(lr: float, gamma: float, lamda: float, kappa: float) -> optax.GradientTransformationExtraArgs:
-    """The paper's overshooting-bounded gradient descent as optax; update(grads, state, delta=δ, reset=bool):
-        z <- gamma*lamda*z + g;   M = lr*kappa*max(|δ|, 1)*sum|z|;   updates = -lr/max(M, 1)*δ*z;   z <- 0 if reset
-    for a gradient g whose -δ*g is the TD(λ) direction."""
+def obgd(lr, gamma, lamda, kappa, adaptive=False, beta2=0.999, eps=1e-8):
+    """Overshooting-bounded gradient descent (paper Algorithm 3; reference optim.py) as optax, for
+    a gradient g whose -δg is the TD(λ) direction; update(grads, state, delta=δ, reset=bool):
+        z <- γλz + g;  M = lr κ max(|δ|, 1) Σ|z|;  updates = -lr / max(M, 1) δ z;  z <- 0 if reset.
+    With adaptive (the reference's AdaptiveObGD): v <- β2 v + (1 - β2)(δz)², t <- t + 1, and
+    zhat = z / sqrt(v / (1 - β2^t) + eps) stands for z in M and the update; a reset keeps v, t."""
 
     def init(params):
-        return ObGDState(jax.tree.map(jnp.zeros_like, params))
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return ObGDState(zeros, *((zeros, jnp.int32(0)) if adaptive else ()))
 
     def update(grads, state, params=None, *, delta, reset, **extra_args):
         trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, state.eligibility_trace, grads)
-        bound = lr * kappa * jnp.maximum(jnp.abs(delta), 1.0) * sum(jnp.abs(z).sum() for z in jax.tree.leaves(trace))
-        step_size = jnp.minimum(lr, lr / bound)  # = lr / max(M, 1); XLA:CPU runs this form faster (SARSA 67 vs 77 us)
-        updates = jax.tree.map(lambda z: -step_size * delta * z, trace)
-        return updates, ObGDState(jax.tree.map(lambda z: jnp.where(reset, 0.0, z), trace), step_size)
+        v, count, zhat = state.v, state.count, trace  # zhat: z, or adaptive's rescaled z
+        if adaptive:
+            v = jax.tree.map(lambda v, z: beta2 * v + (1 - beta2) * (delta * z) ** 2, v, trace)
+            count = count + 1
+            zhat = jax.tree.map(lambda z, v: z / jnp.sqrt(v / (1 - beta2**count) + eps), trace, v)
+        z_sum = sum(jnp.abs(z).sum() for z in jax.tree.leaves(zhat))
+        step_size = jnp.minimum(lr, lr / (lr * kappa * jnp.maximum(jnp.abs(delta), 1.0) * z_sum))
+        updates = jax.tree.map(lambda z: -step_size * delta * z, zhat)
+        trace = jax.tree.map(lambda z: jnp.where(reset, 0.0, z), trace)
+        return updates, ObGDState(trace, v, count, step_size)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def linear_schedule(start_e: float, end_e: float, duration: float, t):
-    """Epsilon at the t-th action (t = 1 for the first), decaying linearly over duration actions."""
-    return jnp.maximum(start_e + (end_e - start_e) * t / duration, end_e)
-
-
-def epsilon_greedy(q_values, key, epsilon):
-    """q_values (n_actions,) float32 -> (action int32, nongreedy bool): nongreedy only if a
-    random action differs from the greedy one (Watkins' Q(λ) cuts the trace only then)."""
-    greedy = jnp.argmax(q_values)
-    u = jax.random.uniform(key, (2,))  # one draw for both choices: the cheapest RNG call
-    action = jnp.where(u[0] < epsilon, (u[1] * q_values.shape[-1]).astype(jnp.int32), greedy)
-    return action, action != greedy
-
-
-class AgentState(NamedTuple):
-    """Everything the jitted step reads and writes; donated, so it never leaves the device."""
+class AgentState(NamedTuple):  # what the jitted step reads and writes; donated, never on the host
 
     params: dict  # the network's weights, Flax's dict
     opt_state: ObGDState
@@ -228,10 +185,31 @@ class AgentState(NamedTuple):
 
 
 # ALGO LOGIC: learn from the transition just seen, then act
-def learn(state: AgentState, norm_next_obs, reward, done, *, q_network, optimizer, args: Args):
-    """The paper's Stream Q(λ) update on (state.norm_obs, state.action, reward, norm_next_obs, done); reward
-    scaled, done float32 (bootstraps through neither end). Returns (the state with new weights and trace,
-    [δ, ObGD step size] float32)."""
+def act(state: AgentState, norm_obs, q_values, args: Args):
+    """NEXT ACTION: epsilon-greedy on q_values (n_actions,) of norm_obs; nongreedy only if a random
+    action differs from argmax q. Returns (the state acting in norm_obs, [action, epsilon])."""
+    t, duration = state.global_step + 1, args.exploration_fraction * args.total_steps
+    epsilon = jnp.maximum(args.start_e + (args.end_e - args.start_e) * t / duration, args.end_e)
+    key = jax.random.fold_in(state.key, state.global_step)  # a fresh key per step, none to carry
+    u = jax.random.uniform(key, (2,))  # one draw for both choices: the cheapest RNG call
+    greedy = jnp.argmax(q_values)
+    action = jnp.where(u[0] < epsilon, (u[1] * q_values.shape[-1]).astype(jnp.int32), greedy)
+    state = state._replace(norm_obs=norm_obs, action=action, nongreedy=action != greedy)
+    return state, jnp.stack([action, epsilon])
+
+
+def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_network, optimizer,
+               args: Args):
+    """One env step of Stream Q(λ): learn from (s, a, r, s', done), then act in s', or if it ended
+    in reset_obs. next_obs, reset_obs: (10, 10, C) float32 raw; reward float32 raw; done bool.
+    Returns (state, out = [action, epsilon, δ, ObGD step size] float32, the only host transfer)."""
+    done = jnp.asarray(done, jnp.float32)
+    state = state._replace(global_step=state.global_step + 1)  # this step's, for act()
+    obs_stats, norm_next_obs = observe(state.obs_stats, next_obs)
+    # REWARD SCALING (reference ScaleReward): r / sqrt(var(u) + 1e-8), u <- γu(1 - done) + r
+    reward_trace = args.gamma * state.reward_trace * (1.0 - done) + reward
+    reward_stats = state.reward_stats.update(reward_trace)
+    reward = reward / jnp.sqrt(reward_stats.var() + 1e-8)
 
     # TD ERROR with the pre-update weights; g = grad of -q(s, a); s and s' in one forward pass
     def td_terms(params):
@@ -241,146 +219,63 @@ def learn(state: AgentState, norm_next_obs, reward, done, *, q_network, optimize
     (neg_q, next_q), grads = jax.value_and_grad(td_terms, has_aux=True)(state.params)
     delta = reward + args.gamma * next_q * (1.0 - done) + neg_q
     # OBGD; Watkins' Q(λ) cuts the trace after a non-greedy action too
-    updates, opt_state = optimizer.update(grads, state.opt_state, delta=delta, reset=(done > 0) | state.nongreedy)
-    diagnostics = jnp.stack([delta, opt_state.step_size])
-    opt_state = opt_state._replace(step_size=None)  # logged, not carried: a buffer fewer in and out of a call (3 us)
-    return state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state), diagnostics
-
-
-def act(state: AgentState, norm_obs, q_values, args: Args):
-    """NEXT ACTION: epsilon-greedy on q_values (n_actions,) of norm_obs, at the epsilon of action
-    global_step + 1. Returns (the state acting in norm_obs, [action, epsilon] float32)."""
-    epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_steps,
-                              state.global_step + 1)
-    key = jax.random.fold_in(state.key, state.global_step)  # a fresh key per step, none to carry
-    action, nongreedy = epsilon_greedy(q_values, key, epsilon)
-    return state._replace(norm_obs=norm_obs, action=action, nongreedy=nongreedy), jnp.stack([action, epsilon])
-
-
-def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_network, optimizer, args: Args):
-    """One env step: learn from (state.norm_obs, state.action, reward, next_obs, done), then act in next_obs,
-    or in reset_obs if the episode ended. next_obs, reset_obs: (10, 10, C) float32 raw; reward: float32 raw;
-    done: bool. Returns (state, out = [action, epsilon, δ, ObGD step size] float32: the only host transfer)."""
-    done = jnp.asarray(done, jnp.float32)
-    obs_stats, norm_next_obs = observe(state.obs_stats, next_obs)
-    reward_stats, reward_trace, reward = scale_reward(state.reward_stats, state.reward_trace, reward, done, args.gamma)
-    state = state._replace(reward_stats=reward_stats, reward_trace=reward_trace, global_step=state.global_step + 1)
-    state, diagnostics = learn(state, norm_next_obs, reward, done, q_network=q_network, optimizer=optimizer, args=args)
+    updates, opt_state = optimizer.update(grads, state.opt_state, delta=delta,
+                                          reset=(done > 0) | state.nongreedy)
     # after a terminal step, the next action is taken in the reset observation
     reset_stats, norm_reset_obs = observe(obs_stats, reset_obs)
-    obs_stats, norm_obs = jax.tree.map(lambda a, b: jnp.where(done > 0, a, b), (reset_stats, norm_reset_obs),
-                                       (obs_stats, norm_next_obs))
-    state = state._replace(obs_stats=obs_stats)
+    obs_stats, norm_obs = jax.tree.map(lambda a, b: jnp.where(done > 0, a, b),
+                                       (reset_stats, norm_reset_obs), (obs_stats, norm_next_obs))
+    state = state._replace(  # the step size is logged, not carried: one buffer fewer per call
+        params=optax.apply_updates(state.params, updates), obs_stats=obs_stats,
+        opt_state=opt_state._replace(step_size=None), reward_stats=reward_stats,
+        reward_trace=reward_trace)
     state, out = act(state, norm_obs, q_network.apply(state.params, norm_obs), args)
-    return state, jnp.append(out, diagnostics)
+    return state, jnp.append(out, jnp.stack([delta, opt_state.step_size]))
 
 
-def start(key, obs, saved: AgentState | None, *, q_network, optimizer, args: Args):
-    """A new agent, or the saved one (--load-model: its weights, statistics and global_step), acting in the
-    reset observation obs (10, 10, C) raw. Returns (state, out) as train_step does, with δ and step size 0."""
+def start(key, obs, *, q_network, optimizer, args: Args):
+    """A new agent acting in the reset observation obs (10, 10, C) raw; returns as train_step."""
     key_init, key = jax.random.split(key)
     params = q_network.init(key_init, jnp.zeros(obs.shape))
     zero = jnp.float32(0.0)
-    state = AgentState(params, optimizer.init(params), RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), zero),
-                       RunningStats(zero, zero, zero), zero, None, None, None, jnp.int32(0), key)
-    if saved is not None:
-        state = state._replace(params=saved.params, obs_stats=saved.obs_stats, reward_stats=saved.reward_stats,
-                               global_step=saved.global_step)
-    obs_stats, norm_obs = observe(state.obs_stats, obs)
-    state, out = act(state._replace(obs_stats=obs_stats), norm_obs, q_network.apply(state.params, norm_obs),
-                     args)
+    obs_stats, norm_obs = observe(RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), zero), obs)
+    state = AgentState(params, optimizer.init(params), obs_stats, RunningStats(zero, zero, zero),
+                       zero, None, None, None, jnp.int32(0), key)
+    state, out = act(state, norm_obs, q_network.apply(params, norm_obs), args)
     return state, jnp.append(out, jnp.zeros(2))
-
-
-# the tags of out's last columns, logged as means of |.| since the last log
-DIAGNOSTICS = ("losses/td_error", "charts/obgd_step_size")
-
-
-def evaluate_step(state: AgentState, obs, new_episode, *, q_network, args: Args):
-    """CleanRL's evaluation: epsilon-greedy with epsilon 0.05 in obs (10, 10, C) raw, learning off, the normaliser
-    frozen; new_episode is unused (no time feature). Returns (state, action)."""
-    key = jax.random.fold_in(state.key, state.global_step + 1)
-    action, _ = epsilon_greedy(q_network.apply(state.params, state.obs_stats.normalize(obs)), key, 0.05)
-    return state._replace(global_step=state.global_step + 1), action
-
-def fail(message: str):
-    """Exit with a one-line error on stderr."""
-    sys.exit(f"error: {message}")
-
-
-def save_model(path: str, state: AgentState, args: Args):
-    """Write one agent's AgentState with flax.serialization (msgpack), tagged with what load_model checks."""
-    meta = dict(script=os.path.basename(__file__), env=args.env, hidden_size=args.hidden_size)
-    with open(path, "wb") as f:
-        f.write(flax.serialization.msgpack_serialize(dict(meta, agent=flax.serialization.to_state_dict(state))))
-
-
-def load_model(path: str, args: Args) -> dict:
-    """The agent's state dict in a save_model file; a one-line error if the file is missing, unreadable,
-    or from another script, env or network size."""
-    try:
-        with open(path, "rb") as f:
-            saved = flax.serialization.msgpack_restore(f.read())
-        meta = (saved["script"], saved["env"], saved["hidden_size"])
-    except Exception as e:  # no such file, not msgpack (several kinds), or not a dict with these keys
-        fail(f"--load-model {path} is not a file written by --save-model ({type(e).__name__}: {e})")
-    if meta != (os.path.basename(__file__), args.env, args.hidden_size):
-        fail(f"--load-model {path} holds a {meta[0]} agent for --env {meta[1]} --hidden-size {meta[2]}; this run is "
-             f"{os.path.basename(__file__)} --env {args.env} --hidden-size {args.hidden_size}")
-    return saved["agent"]
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    for flag, value, ok, want in [
-        ("--total-steps", args.total_steps, args.total_steps > 0 or (args.total_steps == 0 and args.load_model),
-         "a positive integer (0 only with --load-model)"),
-        ("--num-seeds", args.num_seeds, args.num_seeds > 0, "a positive integer"),
-        ("--eval-episodes", args.eval_episodes, args.eval_episodes >= 0, "0 or more"),
-        ("--vectorization-mode", args.vectorization_mode, args.vectorization_mode in ("sync", "async"),
-         "sync or async"),
-        ("--device", args.device, args.device in ("cpu", "gpu"), "cpu or gpu"),
-    ]:
-        if not ok:
-            fail(f"{flag} must be {want}, got {value!r}")
-    saved = load_model(args.load_model, args) if args.load_model else None
+    if min(args.total_steps, args.num_seeds) < 1:
+        sys.exit("error: --total-steps and --num-seeds must be positive integers")
     seeds = [args.seed + i for i in range(args.num_seeds)]
-    run_names = [f"{re.sub(r'[^A-Za-z0-9_.-]', '_', args.env)}__{args.exp_name}__{seed}__{int(time.time())}"
-                 for seed in seeds]
-
-    # One env per agent, made before JAX starts (async workers fork without its threads). SAME_STEP
-    # autoreset: after a terminal step obs is the reset observation, info["final_obs"] the terminal one.
-    def make_envs(video_folder: str | None):
-        vector_env = gym.vector.AsyncVectorEnv if args.vectorization_mode == "async" else gym.vector.SyncVectorEnv
-        env_fns = [partial(make_env, args.env, video_folder if i == 0 else None) for i in range(args.num_seeds)]
-        return vector_env(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # async workers ignore Ctrl-C: this process stops them
-    try:
-        envs = make_envs(f"videos/{run_names[0]}" if args.capture_video else None)
+    env_name = args.env.replace("/", "_").replace(":", "_")
+    run_names = [f"{env_name}__{args.exp_name}__{seed}__{int(time.time())}" for seed in seeds]
+    video = f"videos/{run_names[0]}" if args.capture_video else None  # the first agent's
+    try:  # one env per agent, reset in the step that ends an episode (SAME_STEP)
+        envs = gym.vector.SyncVectorEnv(
+            [partial(make_env, args.env, video if i == 0 else None) for i in range(args.num_seeds)],
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     except gym.error.Error as e:
-        fail(f"--env {args.env!r} cannot be made: {str(e).splitlines()[0]} (MinAtar games run with "
-             "stream_q_minatar.py, Atari with stream_q_atari.py, dm_control with stream_ac_continuous.py)")
-    interrupted = []  # Ctrl-C ends the run after the step it came in, so no library is cut off midway
-    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+        sys.exit(f"error: --env {args.env!r} cannot be made: {str(e).splitlines()[0]}")
     action_space, observation_space = envs.single_action_space, envs.single_observation_space
-    if not (isinstance(action_space, gym.spaces.Discrete) and isinstance(observation_space, gym.spaces.Box)
-            and observation_space.shape[:2] == (10, 10) and len(observation_space.shape) == 3):
-        fail(f"{os.path.basename(__file__)} needs a Discrete action space and a MinAtar/<Game>-v1 id with (10, 10, C) "
-             f"observations; --env {args.env} has {action_space} and observations of shape {observation_space.shape}")
-    if args.device == "cpu":  # tiny nets: XLA:CPU's thread hand-offs cost more than the kernels (README, Speed)
+    if not (isinstance(action_space, gym.spaces.Discrete) and observation_space.shape is not None
+            and len(observation_space.shape) == 3 and observation_space.shape[:2] == (10, 10)):
+        sys.exit(f"error: {os.path.basename(__file__)} needs Discrete actions and (10, 10, C) "
+                 f"observations; --env {args.env} has {action_space} and {observation_space}")
+    if args.device == "cpu":  # tiny nets: XLA:CPU's thread hand-offs cost more than the kernels
         jax.config.update("jax_platforms", "cpu")
-        jax.config.update("jax_cpu_enable_async_dispatch", False)  # the action is needed at once anyway
+        jax.config.update("jax_cpu_enable_async_dispatch", False)  # the action is needed at once
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-        if hasattr(os, "sched_setaffinity"):  # JAX's threads stay on the core the OS started this run on
+        if hasattr(os, "sched_setaffinity"):  # JAX's threads stay on the core this run started on
             os.sched_setaffinity(0, {ctypes.CDLL(None).sched_getcpu()})
     elif jax.default_backend() != "gpu":
-        fail("--device gpu, but JAX finds no GPU here (install jax[cuda12], or use --device cpu)")
+        sys.exit("error: --device gpu, but JAX finds no GPU (install jax[cuda12], or --device cpu)")
     if args.track:
         import wandb
 
-        # monitor_gym=True breaks gymnasium 1.x's RecordVideo (wandb issue 9947): videos are logged at the end
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=vars(args), name=run_names[0], monitor_gym=False, save_code=True)
     writers = [SummaryWriter(f"runs/{run_name}") for run_name in run_names]
@@ -391,86 +286,67 @@ if __name__ == "__main__":
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
-    keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])  # each agent's key from its own seed
+    keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])  # each agent's from its seed
     envs.action_space.seed(args.seed)
-    obs, _ = envs.reset(seed=seeds)
+    obs = np.asarray(envs.reset(seed=seeds)[0], np.float32)
 
-    # One jitted call per env step for all agents (jax.vmap: they share the call's fixed cost) updates each
-    # agent and returns its next action; the state is donated, `out` is the only host transfer. Each network's
-    # weights stay Flax's dict here (conv kernels).
-    kwargs = dict(q_network=QNetwork(action_space.n, args.hidden_size), args=args)
-    optimizers = dict(optimizer=obgd(args.lr, args.gamma, args.lamda, args.kappa))
-    step_fn = jax.jit(jax.vmap(partial(train_step, **optimizers, **kwargs)), donate_argnums=0)
-    start_fn, obs = partial(start, **optimizers, **kwargs), np.asarray(obs, np.float32)
-    if saved is not None:  # the saved agent in AgentState's structure, one copy per seed
-        try:
-            saved = flax.serialization.from_state_dict(jax.eval_shape(start_fn, keys[0], obs[0], None)[0], saved)
-        except (ValueError, KeyError) as e:  # a file written by another version of this script
-            fail(f"--load-model {args.load_model} does not hold this version's agent state ({e})")
-        saved = jax.tree.map(lambda x: np.broadcast_to(x, (args.num_seeds, *np.shape(x))), saved)
-    state, out = jax.jit(jax.vmap(start_fn))(keys, obs, saved)
+    # One jitted call per env step updates every agent and returns its next action; the state is
+    # donated. Agents share the call's cost (vmap); one agent runs unbatched (faster XLA code).
+    q_network = QNetwork(action_space.n, args.hidden_size)
+    optimizer = obgd(args.lr, args.gamma, args.lamda, args.kappa, args.optimizer == "adaptive")
+    kwargs = dict(q_network=q_network, optimizer=optimizer, args=args)
+    batch = jax.vmap if args.num_seeds > 1 else lambda f: lambda *xs: jax.tree.map(
+        lambda y: y[None], f(*jax.tree.map(lambda x: x[0], xs)))
+    step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)
+    state, out = jax.jit(batch(partial(start, **kwargs)))(keys, obs)
     action = np.asarray(out)[:, 0].astype(np.int64)
 
-    start_step = 0 if saved is None else int(saved.global_step[0])  # --load-model goes on from the saved step
-    start_time, logged_step, diagnostic_sums = time.time(), start_step, np.zeros((args.num_seeds, len(DIAGNOSTICS)))
+    start_time = time.time()
+    diagnostic_sums, last_return = np.zeros((args.num_seeds, 2)), np.full(args.num_seeds, np.nan)
+    progress = tqdm.trange(1, args.total_steps + 1, disable=None)  # quiet if not on a terminal
     try:
-        for global_step in range(start_step + 1, start_step + args.total_steps + 1):
+        for global_step in progress:
             obs, reward, terminated, truncated, info = envs.step(action)
             done = terminated | truncated
             ended = np.flatnonzero(done)  # the agents whose env was reset in this step
-            reset_obs = np.asarray(obs, np.float32)  # where an episode ended, the reset observation
-            next_obs = reset_obs.copy() if len(ended) else reset_obs
-            for i in ended:
+            reset_obs, next_obs = np.asarray(obs, np.float32), np.array(obs, np.float32)
+            for i in ended:  # obs holds their reset observation, info["final_obs"] the terminal one
                 next_obs[i] = info["final_obs"][i]
             state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs)
             out = np.asarray(out)
-            action, epsilon, diagnostics = out[:, 0].astype(np.int64), out[:, 1], out[:, -len(DIAGNOSTICS):]
-            if not np.isfinite(diagnostics[:, 0]).all():  # the TD error
-                i = np.flatnonzero(~np.isfinite(diagnostics[:, 0]))[0]
-                fail(f"non-finite TD error at global_step={global_step} for seed {seeds[i]}; "
-                     f"logs so far are in runs/{run_names[i]}")
+            action, epsilon = out[:, 0].astype(np.int64), out[:, 1]
+            for i in np.flatnonzero(~np.isfinite(out[:, 2])):  # a non-finite δ stops the run
+                sys.exit(f"error: non-finite TD error at global_step={global_step} for seed "
+                         f"{seeds[i]}; logs so far are in runs/{run_names[i]}")
             for i in ended:
-                episodic_return, episodic_length = (float(info["final_info"]["episode"][k][i]) for k in "rl")
+                episodic_return, length = (float(info["final_info"]["episode"][k][i]) for k in "rl")
                 writers[i].add_scalar("charts/episodic_return", episodic_return, global_step)
-                writers[i].add_scalar("charts/episodic_length", episodic_length, global_step)
+                writers[i].add_scalar("charts/episodic_length", length, global_step)
                 writers[i].add_scalar("charts/epsilon", epsilon[i], global_step)
+                last_return[i] = episodic_return
                 if args.debug:
-                    print(f"seed={seeds[i]}, global_step={global_step}, episodic_return={episodic_return:.1f}, "
-                          f"episodic_length={episodic_length:.0f}, epsilon={epsilon[i]:.3f}")
-            diagnostic_sums += np.abs(diagnostics)
-            if global_step % 1000 == 0:
-                sps = int((global_step - start_step) / (time.time() - start_time))
-                for writer, means in zip(writers, diagnostic_sums / (global_step - logged_step)):
-                    for tag, value in zip(("charts/SPS", *DIAGNOSTICS), (sps, *means)):
-                        writer.add_scalar(tag, value, global_step)
-                diagnostic_sums[:], logged_step = 0.0, global_step
-            if interrupted:
-                fail(f"interrupted at global_step={global_step}; logs so far are in runs/")
-
-        if args.save_model:
-            for i, run_name in enumerate(run_names):
-                save_model(f"runs/{run_name}/{args.exp_name}.cleanrl_model", jax.tree.map(lambda x: x[i], state), args)
-        # EVALUATION, as CleanRL's: each agent plays --eval-episodes episodes, learning off
-        if args.eval_episodes and (args.save_model or args.load_model):
-            envs.close()
-            envs = make_envs(f"videos/{run_names[0]}-eval" if args.capture_video else None)
-            eval_fn = jax.jit(jax.vmap(partial(evaluate_step, **kwargs)))
-            (obs, _), new_episode, returns = envs.reset(seed=seeds), np.ones(args.num_seeds, bool), [[] for _ in seeds]
-            while min(map(len, returns)) < args.eval_episodes and not interrupted:
-                state, action = eval_fn(state, np.asarray(obs, np.float32), new_episode)
-                obs, _, terminated, truncated, info = envs.step(np.asarray(action))
-                new_episode = terminated | truncated
-                for i in np.flatnonzero(new_episode):
-                    returns[i].append(float(info["final_info"]["episode"]["r"][i]))
-            for writer, agent_returns in zip(writers, returns):
-                for idx, episodic_return in enumerate(agent_returns[: args.eval_episodes]):
-                    writer.add_scalar("eval/episodic_return", episodic_return, idx)
-    finally:
-        envs.close()
-        for writer in writers:
-            writer.close()
+                    print(f"seed={seeds[i]}, global_step={global_step}, episodic_return="
+                          f"{episodic_return:.1f}, episodic_length={length:.0f}, "
+                          f"epsilon={epsilon[i]:.3f}")
+            diagnostic_sums += np.abs(out[:, 2:])
+            if global_step % 1000 == 0:  # the diagnostics: mean |δ| and step size since last log
+                sps = int(global_step / (time.time() - start_time))
+                for writer, (td_error, step_size) in zip(writers, diagnostic_sums / 1000):
+                    writer.add_scalar("charts/SPS", sps, global_step)
+                    writer.add_scalar("losses/td_error", td_error, global_step)
+                    writer.add_scalar("charts/obgd_step_size", step_size, global_step)
+                diagnostic_sums[:] = 0.0
+                if not np.isnan(last_return).all():
+                    progress.set_postfix(episodic_return=np.nanmean(last_return), refresh=False)
+    except KeyboardInterrupt:
+        sys.exit(f"error: interrupted at global_step={global_step}; logs so far are in runs/")
+    finally:  # every log flushed
+        for closable in (envs, *writers):
+            closable.close()
+    for i, run_name in enumerate(run_names if args.save_model else []):
+        with open(f"runs/{run_name}/{args.exp_name}.cleanrl_model", "wb") as f:
+            f.write(flax.serialization.to_bytes(jax.tree.map(lambda x: x[i], state)))
     if args.track and args.capture_video:
-        for path in sorted(glob.glob(f"videos/{run_names[0]}*/*.mp4")):
-            wandb.log({"videos": wandb.Video(path)})
-    print(f"finished {args.total_steps} steps of {args.num_seeds} agent(s) in {time.time() - start_time:.0f} s; "
-          f"logs in runs/{run_names[0]}" + (f" and {args.num_seeds - 1} more" if args.num_seeds > 1 else ""))
+        for name in sorted(os.listdir(video)):
+            wandb.log({"videos": wandb.Video(f"{video}/{name}")})
+    print(f"finished in {time.time() - start_time:.0f} s; logs in runs/{run_names[0]} and the like")
