@@ -1,6 +1,9 @@
-"""Each piece of the scripts against an independent NumPy reference written here."""
+"""Each piece of the flat-observation scripts against an independent NumPy reference written here:
+ObGD and AdaptiveObGD, the networks, the normalisers, action selection, and several consecutive
+train_steps of every algorithm (traces carried, episodes ending, the next episode starting)."""
 import inspect
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import from_np, np_mlp, np_obgd, numeric_grad, to_np
+from jax.flatten_util import ravel_pytree
 
 import stream_ac_continuous
 import stream_ac_discrete
@@ -19,10 +23,20 @@ import stream_sarsa
 jax.config.update("jax_platforms", "cpu")
 SCRIPTS = [stream_q, stream_sarsa, stream_ac_continuous, stream_ac_discrete]  # with a time feature
 ALL = SCRIPTS + [stream_q_minatar, stream_q_atari]
+T = 100  # the time feature's T in these unit tests; test_scripts checks each script's own T
 
 
 def hidden(p, n=2):
     return [(p[f"Dense_{i}/kernel"], p[f"Dense_{i}/bias"]) for i in range(n)]
+
+
+def head(p, x, i=2):
+    """The i-th dense layer on the hidden activations of x: Q-values, logits, mu or a value."""
+    return np_mlp(hidden(p), x) @ p[f"Dense_{i}/kernel"] + p[f"Dense_{i}/bias"]
+
+
+def as_jax(d):
+    return {k: jnp.asarray(v, jnp.float32) for k, v in d.items()}
 
 
 # the shared blocks (ObGD, leaky_relu, sparse init, the normalisers) read the same in every script
@@ -38,27 +52,85 @@ def test_obgd_one_step(lr, bound_active):
     delta, kappa, gamma, lamda = 0.7, 2.0, 0.99, 0.8
     z_sum = sum(np.abs(gamma * lamda * trace[k] + grads[k]).sum() for k in params)
     assert (lr * kappa * max(abs(delta), 1) * z_sum > 1) == bound_active
-    expected_params, expected_trace, expected_step = np_obgd(params, trace, grads, delta, False, kappa, gamma, lamda,
-                                                             lr)
-    as_jax = lambda d: {k: jnp.asarray(v, jnp.float32) for k, v in d.items()}  # noqa: E731
+    expected_params, expected_trace, expected_step = np_obgd(params, trace, grads, delta, False, kappa,
+                                                             gamma, lamda, lr)
     optimizer = stream_q.obgd(lr, gamma, lamda, kappa)
     assert isinstance(optimizer, optax.GradientTransformationExtraArgs)
     fresh = optimizer.init(as_jax(params))
     assert not any(np.any(z) for z in fresh.eligibility_trace.values())
+    assert fresh.v is None and fresh.count is None  # plain ObGD carries the trace only
     state = fresh._replace(eligibility_trace=as_jax(trace))
-    updates, new_state = optimizer.update(as_jax(grads), state, delta=jnp.float32(delta), reset=jnp.bool_(False))
+    updates, new_state = optimizer.update(as_jax(grads), state, delta=jnp.float32(delta),
+                                          reset=jnp.bool_(False))
     new_params = optax.apply_updates(as_jax(params), updates)
     assert float(new_state.step_size) == pytest.approx(expected_step, rel=1e-5)
     assert (expected_step < lr) == bound_active
     for k in params:
         np.testing.assert_allclose(new_params[k], expected_params[k], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(new_state.eligibility_trace[k], expected_trace[k], rtol=1e-5, atol=1e-6)
-    # reset: the update still uses the decayed trace, then the trace is zeroed
-    updates, reset_state = optimizer.update(as_jax(grads), state, delta=jnp.float32(delta), reset=jnp.bool_(True))
-    for k in params:
-        np.testing.assert_allclose(optax.apply_updates(as_jax(params), updates)[k], expected_params[k], rtol=1e-5,
+        np.testing.assert_allclose(new_state.eligibility_trace[k], expected_trace[k], rtol=1e-5,
                                    atol=1e-6)
+    # reset: the update still uses the decayed trace, then the trace is zeroed
+    updates, reset_state = optimizer.update(as_jax(grads), state, delta=jnp.float32(delta),
+                                            reset=jnp.bool_(True))
+    for k in params:
+        np.testing.assert_allclose(optax.apply_updates(as_jax(params), updates)[k], expected_params[k],
+                                   rtol=1e-5, atol=1e-6)
         assert not np.any(reset_state.eligibility_trace[k])
+
+
+class NpAdaptiveObGD:
+    """A NumPy transcription of the reference's optim.py AdaptiveObGD (407dca7), float64."""
+
+    def __init__(self, params, lr=1.0, gamma=0.99, lamda=0.8, kappa=2.0, beta2=0.999, eps=1e-8):
+        self.p = {k: v.copy() for k, v in params.items()}
+        self.e = {k: np.zeros_like(v) for k, v in params.items()}
+        self.v = {k: np.zeros_like(v) for k, v in params.items()}
+        self.lr, self.gamma, self.lamda, self.kappa, self.beta2, self.eps = lr, gamma, lamda, kappa, beta2, eps
+        self.counter = 0
+
+    def step(self, grads, delta, reset=False):
+        z_sum = 0.0
+        self.counter += 1
+        for k in self.p:
+            self.e[k] = self.e[k] * self.gamma * self.lamda + grads[k]
+            self.v[k] = self.v[k] * self.beta2 + (1.0 - self.beta2) * (delta * self.e[k]) ** 2
+            v_hat = self.v[k] / (1.0 - self.beta2 ** self.counter)
+            z_sum += np.abs(self.e[k] / np.sqrt(v_hat + self.eps)).sum()
+        dot_product = max(abs(delta), 1.0) * z_sum * self.lr * self.kappa
+        step_size = self.lr / dot_product if dot_product > 1 else self.lr
+        for k in self.p:
+            v_hat = self.v[k] / (1.0 - self.beta2 ** self.counter)
+            self.p[k] = self.p[k] - step_size * delta * self.e[k] / np.sqrt(v_hat + self.eps)
+            if reset:
+                self.e[k] = np.zeros_like(self.e[k])
+        return step_size
+
+
+@pytest.mark.parametrize("module", [stream_q])
+def test_adaptive_obgd_against_the_references_optimiser_over_steps_with_a_reset(module):
+    rng = np.random.default_rng(0)
+    params = {"a": rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
+    reference = NpAdaptiveObGD(params)
+    optimizer = module.obgd(1.0, 0.99, 0.8, 2.0, adaptive=True)
+    jax_params, state = as_jax(params), optimizer.init(as_jax(params))
+    assert int(state.count) == 0 and not any(np.any(v) for v in state.v.values())
+    # small and large gradients, so the bound is active in some steps and not in others
+    for t, (scale, reset) in enumerate([(1.0, False), (1e-3, False), (0.3, True), (1e-3, False), (2.0, False)]):
+        grads = {k: scale * rng.normal(size=v.shape) for k, v in params.items()}
+        delta = float(rng.normal() * 2)
+        step = reference.step(grads, delta, reset)
+        updates, state = optimizer.update(as_jax(grads), state, delta=jnp.float32(delta),
+                                          reset=jnp.bool_(reset))
+        jax_params = optax.apply_updates(jax_params, updates)
+        assert float(state.step_size) == pytest.approx(step, rel=1e-4), t
+        assert int(state.count) == t + 1  # the bias correction counts every update, resets too
+        for k in params:
+            np.testing.assert_allclose(jax_params[k], reference.p[k], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(state.eligibility_trace[k], reference.e[k], rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(state.v[k], reference.v[k], rtol=1e-4, atol=1e-9)
+        if reset:  # z is zeroed, v is kept
+            assert not any(np.any(z) for z in state.eligibility_trace.values())
+            assert all(np.all(v > 0) for v in state.v.values())
 
 
 @pytest.mark.parametrize("module", [stream_q])
@@ -87,20 +159,22 @@ def test_sparse_init(shape):
 def test_networks_match_numpy_forward_and_zero_bias():
     x = np.random.default_rng(0).normal(size=9).astype(np.float32)
     q_net = stream_q.QNetwork(3, 16)
-    params = q_net.init(jax.random.PRNGKey(0), x)
-    p = to_np(params)
+    p = to_np(q_net.init(jax.random.PRNGKey(0), x))
     assert all(not np.any(v) for k, v in p.items() if k.endswith("bias"))
     p = {k: np.random.default_rng(1).normal(size=v.shape) for k, v in p.items()}  # non-zero biases too
-    expected = np_mlp(hidden(p), x) @ p["Dense_2/kernel"] + p["Dense_2/bias"]
-    np.testing.assert_allclose(q_net.apply(from_np(p), x), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(q_net.apply(from_np(p), x), head(p, x), rtol=1e-4, atol=1e-4)
 
     actor = stream_ac_continuous.Actor(2, 16)
     p = to_np(actor.init(jax.random.PRNGKey(0), x))
     p = {k: np.random.default_rng(2).normal(size=v.shape) for k, v in p.items()}
-    h = np_mlp(hidden(p), x)
     mu, std = actor.apply(from_np(p), x)
-    np.testing.assert_allclose(mu, h @ p["Dense_2/kernel"] + p["Dense_2/bias"], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(std, np.log1p(np.exp(h @ p["Dense_3/kernel"] + p["Dense_3/bias"])), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(mu, head(p, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(std, np.log1p(np.exp(head(p, x, 3))), rtol=1e-4, atol=1e-4)
+    for module in (stream_ac_continuous, stream_ac_discrete):
+        critic = module.Critic(16)
+        p = to_np(critic.init(jax.random.PRNGKey(0), x))
+        p = {k: np.random.default_rng(3).normal(size=v.shape) for k, v in p.items()}
+        assert float(critic.apply(from_np(p), x)) == pytest.approx(head(p, x)[0], rel=1e-4, abs=1e-4)
 
 
 @pytest.mark.parametrize("module", [stream_q])
@@ -116,195 +190,280 @@ def test_welford_observation_normaliser_over_a_stream(module):
         assert out[4] == pytest.approx(-0.5 + 7 / 10)  # time feature, not normalised
 
 
-@pytest.mark.parametrize("module", [stream_q])
-def test_reward_scaler_over_a_stream(module):
+# ---- the agents' steps -------------------------------------------------------------------------
+
+def make_kwargs(module, obs_dim, n_actions, hidden_size=8, **arg_overrides):
+    """The keyword arguments the script's __main__ gives start() and train_step()."""
+    args = module.Args(hidden_size=hidden_size, total_steps=1000, **arg_overrides)
+    zeros, key = jnp.zeros(obs_dim + 1), jax.random.PRNGKey(0)
+    optimizer = partial(module.obgd, args.lr, args.gamma, args.lamda, adaptive=args.optimizer != "obgd")
+    if hasattr(module, "QNetwork"):
+        net = module.QNetwork(n_actions, hidden_size)
+        return args, dict(q_network=net, unravel=ravel_pytree(net.init(key, zeros))[1], args=args,
+                          optimizer=optimizer(args.kappa), time_limit=T)
+    actor, critic = module.Actor(n_actions, hidden_size), module.Critic(hidden_size)
+    return args, dict(actor=actor, critic=critic, unravel_policy=ravel_pytree(actor.init(key, zeros))[1],
+                      unravel_value=ravel_pytree(critic.init(key, zeros))[1], args=args, time_limit=T,
+                      policy_optimizer=optimizer(args.kappa_policy), value_optimizer=optimizer(args.kappa_value))
+
+
+class NpAgent:
+    """A float64 NumPy reference of one agent's streaming step (SPEC §2-3): Welford observation
+    statistics updated first, the time feature, reward scaling by the discounted return's variance,
+    the TD error with the pre-update weights, and ObGD on each network with its own trace."""
+
+    def __init__(self, obs, networks, gamma, lamda):
+        self.seen, self.returns, self.u, self.t = [obs.astype(np.float64)], [], 0.0, 0
+        self.x = self.normalise(obs)
+        self.networks = {name: p for name, p in networks.items()}  # name -> params
+        self.traces = {name: {k: np.zeros_like(v) for k, v in p.items()} for name, p in networks.items()}
+        self.gamma, self.lamda = gamma, lamda
+
+    def normalise(self, obs):
+        seen = np.stack(self.seen)
+        var = np.ones(obs.shape) if len(seen) < 2 else seen.var(0, ddof=1)
+        return np.append((obs - seen.mean(0)) / np.sqrt(var + 1e-8), -0.5 + self.t / T)
+
+    def observe(self, next_obs, reward, done, reset_obs):
+        """Returns (x, x', scaled reward); afterwards self.x is the next action's observation."""
+        self.u = self.gamma * self.u * (1 - done) + reward
+        self.returns.append(self.u)
+        var = 1.0 if len(self.returns) < 2 else np.var(self.returns, ddof=1)
+        self.seen.append(next_obs.astype(np.float64))
+        self.t += 1
+        x, next_x = self.x, self.normalise(next_obs)
+        if done:
+            self.seen.append(reset_obs.astype(np.float64))
+            self.t = 0
+        self.x = self.normalise(reset_obs) if done else next_x
+        return x, next_x, reward / math.sqrt(var + 1e-8)
+
+    def update(self, name, loss, delta, reset, kappa):
+        """ObGD on network name with g = numeric grad of loss(params); returns the step size."""
+        grads = numeric_grad(loss, self.networks[name])
+        self.networks[name], self.traces[name], step = np_obgd(self.networks[name], self.traces[name], grads,
+                                                               delta, reset, kappa, self.gamma, self.lamda)
+        return step
+
+
+def assert_close(got, expected, what):
+    for k in expected:
+        np.testing.assert_allclose(got[k], expected[k], rtol=2e-3, atol=2e-4, err_msg=f"{what} {k}")
+
+
+def random_params(unravel, flat, seed):
+    """Random float64 weights (biases too) shaped like the flat vector flat."""
+    rng = np.random.default_rng(seed)
+    return {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(flat, unravel).items()}
+
+
+# a stream of transitions (next_obs, raw reward, done, reset_obs): two steps, an episode's end, two
+# steps of the next episode. The first trace is non-zero from step 2 on, so every later step checks
+# that the returned trace is carried (decayed and added to) into the next call.
+def transitions(obs_dim, seed=7):
+    rng = np.random.default_rng(seed)
+    obs = lambda: rng.normal(0, 1, obs_dim).astype(np.float32)  # noqa: E731
+    dones = [False, False, True, False, False]
+    return [(obs(), np.float32(rng.normal(1, 2)), done, obs()) for done in dones]
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 1.0], ids=["greedy", "random"])
+@pytest.mark.parametrize("module", [stream_q, stream_sarsa])
+def test_value_based_train_steps_against_numpy(module, epsilon):
+    args, kw = make_kwargs(module, 4, 3, start_e=epsilon, end_e=epsilon)
+    obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
+    state, out = module.start(jax.random.PRNGKey(0), obs, **kw)
+    p = random_params(kw["unravel"], state.params, 3)
+    state = state._replace(params=from_np(p, ravel=True))
+    reference = NpAgent(obs, {"q": p}, args.gamma, args.lamda)
+    step_fn = jax.jit(partial(module.train_step, **kw))
+    resets = 0
+    for t, (next_obs, reward, done, reset_obs) in enumerate(transitions(4)):
+        a, nongreedy = int(state.action), bool(getattr(state, "nongreedy", False))
+        new_state, out = step_fn(state, next_obs, reward, done, reset_obs)
+        x, next_x, r = reference.observe(next_obs, reward, done, reset_obs)
+        q = reference.networks["q"]
+        if module is stream_q:  # max over a'; Watkins' Q(λ) cuts the trace after a non-greedy a
+            bootstrap, reset = head(q, next_x).max(), done or nongreedy
+        else:  # a' = the action the agent takes next, picked in s' with the pre-update weights
+            bootstrap, reset = head(q, next_x)[int(out[0])], done
+        delta = r + args.gamma * bootstrap * (1 - done) - head(q, x)[a]
+        step = reference.update("q", lambda p: -head(p, x)[a], delta, reset, args.kappa)
+        assert float(out[2]) == pytest.approx(delta, rel=1e-3, abs=1e-3), t
+        assert float(out[3]) == pytest.approx(step, rel=1e-3), t
+        assert_close(to_np(new_state.params, kw["unravel"]), reference.networks["q"], f"step {t} weights")
+        assert_close(to_np(new_state.opt_state.eligibility_trace, kw["unravel"]), reference.traces["q"],
+                     f"step {t} trace")
+        np.testing.assert_allclose(new_state.norm_obs, reference.x, rtol=1e-4, atol=1e-4)
+        assert int(new_state.episode_step) == reference.t
+        resets += reset
+        state = new_state
+    assert resets >= 1  # the episode's end at least
+
+
+@pytest.mark.parametrize("module", [stream_ac_discrete, stream_ac_continuous])
+def test_actor_critic_train_steps_against_numpy(module):
+    continuous = module is stream_ac_continuous
+    args, kw = make_kwargs(module, 3, 2)
+    obs = np.array([0.1, -0.2, 0.3], np.float32)
+    state, _ = module.start(jax.random.PRNGKey(0), obs, **kw)
+    pp = random_params(kw["unravel_policy"], state.policy_params, 4)
+    vp = random_params(kw["unravel_value"], state.value_params, 5)
+    state = state._replace(policy_params=from_np(pp, ravel=True), value_params=from_np(vp, ravel=True))
+    if continuous:  # outside the bounds [-1, 1]: the log-prob is of the unclipped action
+        state = state._replace(action=jnp.array([1.7, -0.4], jnp.float32))
+    reference = NpAgent(obs, {"policy": pp, "value": vp}, args.gamma, args.lamda)
+    step_fn = jax.jit(partial(module.train_step, **kw))
+    for t, (next_obs, reward, done, reset_obs) in enumerate(transitions(3)):
+        a = np.asarray(state.action, np.float64) if continuous else int(state.action)
+        new_state, out = step_fn(state, next_obs, reward, done, reset_obs)
+        x, next_x, r = reference.observe(next_obs, reward, done, reset_obs)
+        v = lambda p, s: head(p, s)[0]  # noqa: E731
+        delta = r + args.gamma * v(reference.networks["value"], next_x) * (1 - done) - v(reference.networks["value"], x)
+
+        def policy_loss(p):
+            if continuous:
+                mu, std = head(p, x), np.log1p(np.exp(head(p, x, 3)))
+                log_prob = (-0.5 * ((a - mu) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)).sum()
+                entropy = (0.5 + 0.5 * np.log(2 * np.pi) + np.log(std)).sum()
+            else:
+                logits = head(p, x)
+                log_probs = logits - np.log(np.exp(logits).sum())
+                log_prob, entropy = log_probs[a], -(np.exp(log_probs) * log_probs).sum()
+            return -log_prob - args.entropy_coeff * np.sign(delta) * entropy
+
+        step_v = reference.update("value", lambda p: -v(p, x), delta, done, args.kappa_value)
+        step_p = reference.update("policy", policy_loss, delta, done, args.kappa_policy)
+        assert float(out[-3]) == pytest.approx(delta, rel=1e-3, abs=1e-3), t
+        np.testing.assert_allclose(np.asarray(out[-2:]), [step_p, step_v], rtol=1e-3)
+        for name, unravel in (("policy", kw["unravel_policy"]), ("value", kw["unravel_value"])):
+            assert_close(to_np(getattr(new_state, f"{name}_params"), unravel), reference.networks[name],
+                         f"step {t} {name} weights")
+            trace = to_np(getattr(new_state, f"{name}_opt_state").eligibility_trace, unravel)
+            assert_close(trace, reference.traces[name], f"step {t} {name} trace")
+            assert (not any(np.any(z) for z in trace.values())) == done  # zeroed at the episode's end only
+        # the next action is taken in the reset observation after a terminal step, its time feature -0.5
+        np.testing.assert_allclose(new_state.norm_obs, reference.x, rtol=1e-4, atol=1e-4)
+        assert int(new_state.episode_step) == reference.t and (float(new_state.norm_obs[-1]) == -0.5) == done
+        # the action returned is the one stored, and it was drawn from the policy of that observation
+        np.testing.assert_array_equal(np.asarray(out[:-3]), np.atleast_1d(np.asarray(new_state.action)))
+        state = new_state
+
+
+def test_continuous_action_is_a_sample_of_the_policy_and_left_unclipped():
+    args, kw = make_kwargs(stream_ac_continuous, 3, 2)
+    state, _ = stream_ac_continuous.start(jax.random.PRNGKey(0), np.zeros(3, np.float32), **kw)
+    norm_obs = jnp.array([0.3, -1.0, 2.0, -0.5])
+    mu, std = kw["actor"].apply(kw["unravel_policy"](state.policy_params), norm_obs)
+    act = jax.jit(partial(stream_ac_continuous.act, actor=kw["actor"], unravel_policy=kw["unravel_policy"]))
+    samples = np.array([act(state._replace(key=jax.random.PRNGKey(i)), norm_obs)[1] for i in range(400)])
+    np.testing.assert_allclose(samples.mean(0), mu, atol=4 * float(std.max()) / 20)
+    np.testing.assert_allclose(samples.std(0), std, rtol=0.15)
+    # the env clips (gymnasium's ClipAction); the agent keeps and learns from the unclipped sample
+    env = stream_ac_continuous.make_env("HalfCheetah-v5")
+    observations = []
+    for action in (np.full(6, 5.0), np.full(6, 1.0)):
+        env.reset(seed=0)
+        observations.append(env.step(action)[0])
+    np.testing.assert_array_equal(*observations)
+
+
+def test_categorical_action_follows_the_softmax_of_the_logits():
+    args, kw = make_kwargs(stream_ac_discrete, 3, 3)
+    state, _ = stream_ac_discrete.start(jax.random.PRNGKey(0), np.zeros(3, np.float32), **kw)
+    p = random_params(kw["unravel_policy"], state.policy_params, 1)
+    state, norm_obs = state._replace(policy_params=from_np(p, ravel=True)), jnp.array([0.3, -1.0, 2.0, -0.5])
+    logits = head(p, np.asarray(norm_obs, np.float64))
+    probs = np.exp(logits) / np.exp(logits).sum()
+    act = jax.jit(partial(stream_ac_discrete.act, actor=kw["actor"], unravel_policy=kw["unravel_policy"]))
+    counts = np.bincount([int(act(state._replace(key=jax.random.PRNGKey(i)), norm_obs)[1][0])
+                          for i in range(2000)], minlength=3)
+    np.testing.assert_allclose(counts / 2000, probs, atol=0.04)
+
+
+def q_agent(module, **arg_overrides):
+    """(args, kwargs, state) of a fresh agent of a Q script, with a small network."""
+    if module in (stream_q, stream_sarsa):
+        args, kw = make_kwargs(module, 4, 3, **arg_overrides)
+        return args, kw, module.start(jax.random.PRNGKey(0), np.zeros(4, np.float32), **kw)[0]
+    args = module.Args(hidden_size=4, total_steps=1000, **arg_overrides)
+    kw = dict(q_network=module.QNetwork(3, 4), optimizer=module.obgd(1.0, 0.99, 0.8, 2.0), args=args)
+    obs = np.zeros((10, 10, 2) if module is stream_q_minatar else (84, 84), np.float32)
+    return args, kw, module.start(jax.random.PRNGKey(0), obs, **kw)[0]
+
+
+@pytest.mark.parametrize("module", [stream_q, stream_q_minatar])
+def test_act_marks_a_random_action_nongreedy_only_when_it_differs_from_argmax_q(module):
+    # Watkins' Q(λ) cuts the trace after a non-greedy action: act() must store the flag it computes
+    args, _, state = q_agent(module, start_e=0.5, end_e=0.5)
+    q_values = jnp.array([0.1, 0.7, -0.2])
+    act = jax.jit(partial(module.act, args=args))
+    flags = []
+    for i in range(200):
+        new_state, out = act(state._replace(key=jax.random.PRNGKey(i)), state.norm_obs, q_values)
+        assert int(out[0]) == int(new_state.action)
+        assert bool(new_state.nongreedy) == (int(new_state.action) != 1), i
+        flags.append(bool(new_state.nongreedy))
+    # epsilon 0.5 with 3 actions: a random action half the time, a non-greedy one a third of the time
+    assert 0.2 < np.mean(flags) < 0.45
+
+
+@pytest.mark.parametrize("module", [stream_q, stream_sarsa, stream_q_minatar, stream_q_atari])
+def test_epsilon_decays_linearly_over_the_exploration_fraction(module):
+    # the epsilon of action t = global_step + 1: 1 -> 0.01 over fraction * 1000 actions (0.05: 50)
+    args, kw, state = q_agent(module)
+    duration = args.exploration_fraction * 1000
+    if module is stream_q_atari:
+        act = jax.jit(partial(module.act, q_network=kw["q_network"], args=args))
+        call = lambda t: act(state._replace(global_step=jnp.int32(t)), state.frames)  # noqa: E731
+    else:
+        act = jax.jit(partial(module.act, args=args))
+        call = lambda t: act(state._replace(global_step=jnp.int32(t)), state.norm_obs, jnp.zeros(3))  # noqa: E731
+    for t in (0, 9, int(duration) - 1, 4999):
+        assert float(call(t)[1][1]) == pytest.approx(max(1 - 0.99 * (t + 1) / duration, 0.01), abs=1e-6), t
+
+
+def test_reward_scaling_over_a_stream_restarts_the_trace_at_each_episode_end():
     rng = np.random.default_rng(0)
-    rewards, dones = rng.normal(1.0, 2.0, size=60), rng.random(60) < 0.1
+    rewards, dones = rng.normal(1.0, 2.0, size=60).astype(np.float32), rng.random(60) < 0.1
+    _, kw = make_kwargs(stream_q, 4, 2)
+    state, _ = stream_q.start(jax.random.PRNGKey(0), np.zeros(4, np.float32), **kw)
+    step_fn = jax.jit(partial(stream_q.train_step, **kw))
     gamma, u, us = 0.99, 0.0, []
-    stats, trace = module.RunningStats(jnp.float32(0.0), jnp.float32(0.0), jnp.float32(0.0)), jnp.float32(0.0)
     for r, d in zip(rewards, dones):
         u = gamma * u * (1 - d) + r
         us.append(u)
+        state, _ = step_fn(state, np.zeros(4, np.float32), r, d, np.zeros(4, np.float32))
+        assert float(state.reward_trace) == pytest.approx(u, rel=1e-4, abs=1e-5)
         var = 1.0 if len(us) < 2 else np.var(us, ddof=1)
-        stats, trace, scaled = module.scale_reward(stats, trace, jnp.float32(r), jnp.float32(d), gamma)
-        assert float(scaled) == pytest.approx(r / math.sqrt(var + 1e-8), rel=1e-4)
-
-
-def test_epsilon_greedy_nongreedy_only_when_the_action_differs():
-    net = stream_q.QNetwork(2, 8)
-    x = jnp.ones(5)
-    params = net.init(jax.random.PRNGKey(0), x)
-    greedy = int(jnp.argmax(net.apply(params, x)))
-    seen = set()
-    for i in range(40):
-        action, nongreedy = stream_q.epsilon_greedy(net.apply(params, x), jax.random.PRNGKey(i), 1.0)
-        assert bool(nongreedy) == (int(action) != greedy)
-        seen.add(int(action))
-    assert seen == {0, 1}
-    action, nongreedy = stream_q.epsilon_greedy(net.apply(params, x), jax.random.PRNGKey(0), 0.0)
-    assert int(action) == greedy and not bool(nongreedy)
-
-
-def q_setup(hidden_size=8):
-    args = stream_q.Args(hidden_size=hidden_size, total_steps=1000)
-    net = stream_q.QNetwork(2, hidden_size)
-    kw = dict(q_network=net, unravel=stream_q.unravel_fn(net, jnp.zeros(5)), args=args, max_episode_steps=100,
-              optimizer=stream_q.obgd(args.lr, args.gamma, args.lamda, args.kappa))
-    obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
-    state, _ = stream_q.start(jax.random.PRNGKey(0), obs, None, **kw)
-    return args, kw, obs, state
-
-
-@pytest.mark.parametrize("nongreedy,done", [(False, False), (True, False), (False, True)])
-def test_q_train_step_against_numpy(nongreedy, done):
-    args, kw, obs, state = q_setup()
-    shapes = {k: v.shape for k, v in to_np(state.params, kw["unravel"]).items()}
-    p = {k: np.random.default_rng(3).normal(0, 0.5, size=shape) for k, shape in shapes.items()}
-    state = state._replace(params=from_np(p, ravel=True), action=jnp.int32(1), nongreedy=jnp.bool_(nongreedy))
-    next_obs = np.array([0.2, 0.1, -0.3, 0.4], np.float32)
-    new_state, out = stream_q.train_step(state, next_obs, np.float32(1.0), done, next_obs, **kw)
-
-    # reference: statistics of two observations, first reward scaled by sqrt(1 + 1e-8)
-    seen = np.stack([obs, next_obs]).astype(np.float64)
-    x = np.append(np.array(state.norm_obs, np.float64), [])
-    next_x = np.append((next_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5 + 1 / 100)
-    q = lambda p, s: np_mlp(hidden(p), s) @ p["Dense_2/kernel"] + p["Dense_2/bias"]  # noqa: E731
-    delta = 1.0 / math.sqrt(1 + 1e-8) + args.gamma * q(p, next_x).max() * (1 - done) - q(p, x)[1]
-    grads = numeric_grad(lambda p: -q(p, x)[1], p)
-    expected, trace, step = np_obgd(p, {k: 0 * v for k, v in p.items()}, grads, delta, nongreedy or done,
-                                    args.kappa, args.gamma, args.lamda)
-    assert float(out[1]) == pytest.approx(1.0 - 0.99 * 2 / 50)  # epsilon of the 2nd action (1000 steps, 0.05)
-    assert float(out[2]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
-    assert float(out[3]) == pytest.approx(step, rel=1e-4)  # logged as charts/obgd_step_size
-    got = to_np(new_state.params, kw["unravel"])
-    for k in p:
-        np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
-    assert (not np.any(new_state.opt_state.eligibility_trace)) == (nongreedy or done)
-    assert int(new_state.episode_step) == (0 if done else 1)
-
-
-def test_q_first_action_after_done_comes_from_the_reset_observation():
-    args, kw, obs, state = q_setup()
-    next_obs, reset_obs = np.full(4, 5.0, np.float32), np.full(4, -5.0, np.float32)
-    new_state, _ = stream_q.train_step(state, next_obs, np.float32(1.0), True, reset_obs, **kw)
-    seen = np.stack([obs, next_obs, reset_obs]).astype(np.float64)
-    expected = np.append((reset_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5)
-    np.testing.assert_allclose(new_state.norm_obs, expected, rtol=1e-4, atol=1e-4)
-    assert int(new_state.obs_stats.count) == 3
-
-
-def test_ac_train_step_against_numpy():
-    hidden_size, done = 8, False
-    args = stream_ac_continuous.Args(hidden_size=hidden_size)
-    low, high = -np.ones(2, np.float32), np.ones(2, np.float32)
-    actor, critic = stream_ac_continuous.Actor(2, hidden_size), stream_ac_continuous.Critic(hidden_size)
-    kw = dict(actor=actor, critic=critic, unravel_policy=stream_ac_continuous.unravel_fn(actor, jnp.zeros(4)),
-              unravel_value=stream_ac_continuous.unravel_fn(critic, jnp.zeros(4)), args=args, max_episode_steps=100,
-              low=low, high=high, policy_optimizer=stream_ac_continuous.obgd(args.lr, args.gamma, args.lamda,
-                                                                             args.kappa_policy),
-              value_optimizer=stream_ac_continuous.obgd(args.lr, args.gamma, args.lamda, args.kappa_value))
-    obs = np.array([0.1, -0.2, 0.3], np.float32)
-    state, _ = stream_ac_continuous.start(jax.random.PRNGKey(0), obs, None, **kw)
-    rng = np.random.default_rng(4)
-    pp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.policy_params, kw["unravel_policy"]).items()}
-    vp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.value_params, kw["unravel_value"]).items()}
-    action = np.array([1.7, -0.4], np.float32)  # outside the bounds: log-prob of the unclipped action
-    state = state._replace(policy_params=from_np(pp, ravel=True), value_params=from_np(vp, ravel=True),
-                           action=jnp.asarray(action))
-    next_obs = np.array([0.2, 0.1, -0.3], np.float32)
-    new_state, out = stream_ac_continuous.train_step(state, next_obs, np.float32(2.0), done, next_obs, **kw)
-
-    seen = np.stack([obs, next_obs]).astype(np.float64)
-    x = np.array(state.norm_obs, np.float64)
-    next_x = np.append((next_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5 + 1 / 100)
-    v = lambda p, s: (np_mlp(hidden(p), s) @ p["Dense_2/kernel"] + p["Dense_2/bias"])[0]  # noqa: E731
-    delta = 2.0 / math.sqrt(1 + 1e-8) + args.gamma * v(vp, next_x) - v(vp, x)
-
-    def policy_loss(p):
-        h = np_mlp(hidden(p), x)
-        mu = h @ p["Dense_2/kernel"] + p["Dense_2/bias"]
-        std = np.log1p(np.exp(h @ p["Dense_3/kernel"] + p["Dense_3/bias"]))
-        log_prob = (-0.5 * ((action - mu) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)).sum()
-        entropy = (0.5 + 0.5 * np.log(2 * np.pi) + np.log(std)).sum()
-        return -log_prob - args.entropy_coeff * np.sign(delta) * entropy
-
-    assert float(out[-3]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
-    zeros = lambda p: {k: 0 * w for k, w in p.items()}  # noqa: E731
-    expected_v, _, step_v = np_obgd(vp, zeros(vp), numeric_grad(lambda p: -v(p, x), vp), delta, done,
-                                    args.kappa_value, args.gamma, args.lamda)
-    expected_p, _, step_p = np_obgd(pp, zeros(pp), numeric_grad(policy_loss, pp), delta, done,
-                                    args.kappa_policy, args.gamma, args.lamda)
-    np.testing.assert_allclose(np.asarray(out[-2:]), [step_p, step_v], rtol=1e-3)  # charts/obgd_step_size_*
-    for got, expected in [(to_np(new_state.value_params, kw["unravel_value"]), expected_v),
-                          (to_np(new_state.policy_params, kw["unravel_policy"]), expected_p)]:
-        for k in expected:
-            np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
-    assert np.all(np.abs(np.asarray(out[:-3])) <= 1.0)  # the env gets the clipped action
-
-
-def test_linear_schedule():
-    duration = 0.05 * 1000
-    assert float(stream_q.linear_schedule(1.0, 0.01, duration, 1)) == pytest.approx(1 - 0.99 / 50)
-    assert float(stream_q.linear_schedule(1.0, 0.01, duration, 50)) == pytest.approx(0.01)
-    assert float(stream_q.linear_schedule(1.0, 0.01, duration, 5000)) == pytest.approx(0.01)
-
-
-def sarsa_setup(hidden_size=8):
-    args = stream_sarsa.Args(hidden_size=hidden_size, total_steps=1000)
-    net = stream_sarsa.QNetwork(2, hidden_size)
-    kw = dict(q_network=net, unravel=stream_sarsa.unravel_fn(net, jnp.zeros(5)), args=args, max_episode_steps=100,
-              optimizer=stream_sarsa.obgd(args.lr, args.gamma, args.lamda, args.kappa))
-    obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
-    state, _ = stream_sarsa.start(jax.random.PRNGKey(0), obs, None, **kw)
-    shapes = {k: v.shape for k, v in to_np(state.params, kw["unravel"]).items()}
-    p = {k: np.random.default_rng(3).normal(0, 0.5, size=shape) for k, shape in shapes.items()}
-    return args, kw, obs, state._replace(params=from_np(p, ravel=True), action=jnp.int32(1)), p
-
-
-@pytest.mark.parametrize("done", [False, True])
-def test_sarsa_train_step_against_numpy(done):
-    args, kw, obs, state, p = sarsa_setup()
-    next_obs = np.array([0.2, 0.1, -0.3, 0.4], np.float32)
-    new_state, out = stream_sarsa.train_step(state, next_obs, np.float32(1.0), done, next_obs, **kw)
-    # a' is the action the agent takes next (when not done): the target uses q(s', a') of that action
-    next_action = int(out[0])
-    seen = np.stack([obs, next_obs]).astype(np.float64)
-    x = np.array(state.norm_obs, np.float64)
-    next_x = np.append((next_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5 + 1 / 100)
-    q = lambda p, s: np_mlp(hidden(p), s) @ p["Dense_2/kernel"] + p["Dense_2/bias"]  # noqa: E731
-    a_prime = next_action if not done else 0
-    delta = 1.0 / math.sqrt(1 + 1e-8) + args.gamma * q(p, next_x)[a_prime] * (1 - done) - q(p, x)[1]
-    assert float(out[2]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
-    expected, _, step = np_obgd(p, {k: 0 * v for k, v in p.items()}, numeric_grad(lambda p: -q(p, x)[1], p), delta,
-                                done, args.kappa, args.gamma, args.lamda)
-    assert float(out[3]) == pytest.approx(step, rel=1e-4)
-    got = to_np(new_state.params, kw["unravel"])
-    for k in p:
-        np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
-    # traces reset on done only: a non-greedy a' does not cut them
-    assert (not np.any(new_state.opt_state.eligibility_trace)) == done
+        assert float(state.reward_stats.var()) == pytest.approx(var, rel=1e-4)
 
 
 def test_sarsa_target_uses_the_action_taken_not_the_max():
-    args, kw, obs, state, p = sarsa_setup()
+    args, kw = make_kwargs(stream_sarsa, 4, 2)
+    obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
+    state, _ = stream_sarsa.start(jax.random.PRNGKey(0), obs, **kw)
+    p = random_params(kw["unravel"], state.params, 3)
+    state = state._replace(params=from_np(p, ravel=True))
     next_obs = np.array([0.2, 0.1, -0.3, 0.4], np.float32)
-    q = lambda s: np_mlp(hidden(p), s) @ p["Dense_2/kernel"] + p["Dense_2/bias"]  # noqa: E731
-    seen = np.stack([obs, next_obs]).astype(np.float64)
-    next_x = np.append((next_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5 + 1 / 100)
-    q_next = q(next_x)
+    reference = NpAgent(obs, {"q": p}, args.gamma, args.lamda)
+    _, next_x, _ = reference.observe(next_obs, 1.0, False, next_obs)
+    q_next = head(p, next_x)
     deltas = {}
     for i in range(30):  # epsilon is near 1 here, so both actions come up
-        st = state._replace(key=jax.random.PRNGKey(i))
-        _, out = stream_sarsa.train_step(st, next_obs, np.float32(1.0), False, next_obs, **kw)
+        _, out = stream_sarsa.train_step(state._replace(key=jax.random.PRNGKey(i)), next_obs, np.float32(1.0),
+                                         False, next_obs, **kw)
         deltas[int(out[0])] = float(out[2])
     assert set(deltas) == {0, 1}
     assert deltas[1] - deltas[0] == pytest.approx(args.gamma * (q_next[1] - q_next[0]), rel=1e-3, abs=1e-4)
 
 
 def test_sarsa_first_action_of_an_episode_comes_from_the_reset_observation():
-    args, kw, obs, state, p = sarsa_setup()
+    args, kw = make_kwargs(stream_sarsa, 4, 2, start_e=0.0, end_e=0.0)  # greedy: the action follows q
+    obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
+    state, _ = stream_sarsa.start(jax.random.PRNGKey(0), obs, **kw)
+    state = state._replace(params=from_np(random_params(kw["unravel"], state.params, 3), ravel=True))
     next_obs, reset_obs = np.full(4, 5.0, np.float32), np.full(4, -5.0, np.float32)
-    args.start_e = args.end_e = 0.0  # greedy, so the action is a function of the observation
     new_state, out = stream_sarsa.train_step(state, next_obs, np.float32(1.0), True, reset_obs, **kw)
     seen = np.stack([obs, next_obs, reset_obs]).astype(np.float64)
     reset_x = np.append((reset_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5)
@@ -313,51 +472,24 @@ def test_sarsa_first_action_of_an_episode_comes_from_the_reset_observation():
     assert int(out[0]) == int(np.argmax(q_reset)) == int(new_state.action)
 
 
-def test_categorical_log_prob_and_entropy():
-    logits = np.array([0.5, -1.0, 2.0])
-    probs = np.exp(logits) / np.exp(logits).sum()
-    log_prob, entropy = stream_ac_discrete.log_prob_and_entropy(jnp.asarray(logits, jnp.float32), 2)
-    assert float(log_prob) == pytest.approx(np.log(probs[2]), rel=1e-5)
-    assert float(entropy) == pytest.approx(-(probs * np.log(probs)).sum(), rel=1e-5)
-
-
-def test_ac_discrete_train_step_against_numpy():
-    hidden_size = 8
-    args = stream_ac_discrete.Args(hidden_size=hidden_size)
-    actor, critic = stream_ac_discrete.Actor(3, hidden_size), stream_ac_discrete.Critic(hidden_size)
-    kw = dict(actor=actor, critic=critic, unravel_policy=stream_ac_discrete.unravel_fn(actor, jnp.zeros(4)),
-              unravel_value=stream_ac_discrete.unravel_fn(critic, jnp.zeros(4)), args=args, max_episode_steps=100,
-              policy_optimizer=stream_ac_discrete.obgd(args.lr, args.gamma, args.lamda, args.kappa_policy),
-              value_optimizer=stream_ac_discrete.obgd(args.lr, args.gamma, args.lamda, args.kappa_value))
-    obs = np.array([0.1, -0.2, 0.3], np.float32)
-    state, _ = stream_ac_discrete.start(jax.random.PRNGKey(0), obs, None, **kw)
-    rng = np.random.default_rng(5)
-    pp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.policy_params, kw["unravel_policy"]).items()}
-    vp = {k: rng.normal(0, 0.5, size=v.shape) for k, v in to_np(state.value_params, kw["unravel_value"]).items()}
-    state = state._replace(policy_params=from_np(pp, ravel=True), value_params=from_np(vp, ravel=True),
-                           action=jnp.int32(2))
-    next_obs = np.array([0.2, 0.1, -0.3], np.float32)
-    new_state, out = stream_ac_discrete.train_step(state, next_obs, np.float32(-1.0), False, next_obs, **kw)
-    seen = np.stack([obs, next_obs]).astype(np.float64)
-    x = np.array(state.norm_obs, np.float64)
-    next_x = np.append((next_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5 + 1 / 100)
-    v = lambda p, s: (np_mlp(hidden(p), s) @ p["Dense_2/kernel"] + p["Dense_2/bias"])[0]  # noqa: E731
-    delta = -1.0 / math.sqrt(1 + 1e-8) + args.gamma * v(vp, next_x) - v(vp, x)
-
-    def policy_loss(p):
-        logits = np_mlp(hidden(p), x) @ p["Dense_2/kernel"] + p["Dense_2/bias"]
-        log_probs = logits - np.log(np.exp(logits).sum())
-        entropy = -(np.exp(log_probs) * log_probs).sum()
-        return -log_probs[2] - args.entropy_coeff * np.sign(delta) * entropy
-
-    assert float(out[1]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
-    zeros = lambda p: {k: 0 * w for k, w in p.items()}  # noqa: E731
-    expected_p, _, step_p = np_obgd(pp, zeros(pp), numeric_grad(policy_loss, pp), delta, False,
-                                    args.kappa_policy, args.gamma, args.lamda)
-    expected_v, _, step_v = np_obgd(vp, zeros(vp), numeric_grad(lambda p: -v(p, x), vp), delta, False,
-                                    args.kappa_value, args.gamma, args.lamda)
-    np.testing.assert_allclose(np.asarray(out[2:]), [step_p, step_v], rtol=1e-3)
-    for got, expected in [(to_np(new_state.policy_params, kw["unravel_policy"]), expected_p),
-                          (to_np(new_state.value_params, kw["unravel_value"]), expected_v)]:
-        for k in expected:
-            np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
+@pytest.mark.parametrize("module", [stream_q, stream_ac_continuous])
+def test_a_nan_in_one_agents_weights_leaves_the_other_agents_updates_unchanged(module):
+    # a batch of N is N independent runs: the vmapped step must not mix agents, not even through a NaN
+    obs_dim = 3
+    _, kw = make_kwargs(module, obs_dim, 2)
+    keys = jnp.stack([jax.random.PRNGKey(i) for i in range(3)])
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(3, obs_dim)).astype(np.float32)
+    state, _ = jax.vmap(partial(module.start, **kw))(keys, obs)
+    step_fn = jax.jit(jax.vmap(partial(module.train_step, **kw)))
+    inputs = (rng.normal(size=(3, obs_dim)).astype(np.float32), np.ones(3, np.float32), np.zeros(3, bool),
+              rng.normal(size=(3, obs_dim)).astype(np.float32))
+    name = "params" if module is stream_q else "value_params"
+    poisoned = state._replace(**{name: getattr(state, name).at[1].set(jnp.nan)})
+    clean_state, clean_out = step_fn(state, *inputs)
+    bad_state, bad_out = step_fn(poisoned, *inputs)
+    assert not np.isfinite(np.asarray(bad_out[1])).all()  # agent 1 is poisoned
+    for i in (0, 2):
+        np.testing.assert_array_equal(np.asarray(bad_out[i]), np.asarray(clean_out[i]))
+        for clean, bad in zip(jax.tree.leaves(clean_state), jax.tree.leaves(bad_state)):
+            np.testing.assert_array_equal(np.asarray(bad[i]), np.asarray(clean[i]))

@@ -1,6 +1,7 @@
 """stream_q_minatar.py and stream_q_atari.py: conv networks, preprocessing, the frame stack and
 the life-loss rule, against NumPy references written here."""
 import math
+from functools import partial
 
 import gymnasium as gym
 import jax
@@ -88,33 +89,51 @@ def test_per_pixel_observation_normaliser_without_time_feature(module):
         np.testing.assert_allclose(out, (x - xs[:t].mean(0)) / np.sqrt(var + 1e-8), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("nongreedy,done", [(False, False), (True, False), (False, True)])
-def test_minatar_train_step_against_numpy(nongreedy, done):
+@pytest.mark.parametrize("epsilon", [0.0, 1.0], ids=["greedy", "random"])
+def test_minatar_train_steps_against_numpy(epsilon):
+    # several consecutive steps from the start, an episode's end among them: the trace returned by one
+    # call is carried into the next (decayed, added to, cut on done or after a non-greedy action)
     obs_shape, hidden_size = (10, 10, 1), 3
-    args = stream_q_minatar.Args(hidden_size=hidden_size, total_steps=1000)
-    net = stream_q_minatar.QNetwork(3, hidden_size)
-    kw = dict(q_network=net, args=args, optimizer=stream_q_minatar.obgd(args.lr, args.gamma, args.lamda, args.kappa))
+    args = stream_q_minatar.Args(hidden_size=hidden_size, total_steps=1000, start_e=epsilon, end_e=epsilon)
+    kw = dict(q_network=stream_q_minatar.QNetwork(3, hidden_size), args=args,
+              optimizer=stream_q_minatar.obgd(args.lr, args.gamma, args.lamda, args.kappa))
     rng = np.random.default_rng(0)
-    obs, next_obs = (rng.random(obs_shape) < 0.3).astype(np.float32), (rng.random(obs_shape) < 0.3).astype(np.float32)
-    state, _ = stream_q_minatar.start(jax.random.PRNGKey(0), obs, None, **kw)
+    frame = lambda: (rng.random(obs_shape) < 0.3).astype(np.float32)  # noqa: E731
+    obs = frame()
+    state, _ = stream_q_minatar.start(jax.random.PRNGKey(0), obs, **kw)
     p = {k: np.random.default_rng(3).normal(0, 0.3, size=v.shape) for k, v in to_np(state.params).items()}
-    state = state._replace(params=from_np(p), action=jnp.int32(1), nongreedy=jnp.bool_(nongreedy))
-    new_state, out = stream_q_minatar.train_step(state, next_obs, np.float32(1.0), done, next_obs, **kw)
-
-    seen = np.stack([obs, next_obs]).astype(np.float64)
-    x = np.asarray(state.norm_obs, np.float64)
-    next_x = (next_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8)
+    state = state._replace(params=from_np(p))
+    trace = {k: np.zeros_like(v) for k, v in p.items()}
+    seen, returns, u = [obs.astype(np.float64)], [], 0.0
+    x = np.zeros(obs_shape)  # the first observation normalises to 0 (one sample: mean = itself)
+    step_fn = jax.jit(partial(stream_q_minatar.train_step, **kw))
     q = lambda p, s: np_q(p, s, (1,))  # noqa: E731
-    delta = 1.0 / math.sqrt(1 + 1e-8) + args.gamma * q(p, next_x).max() * (1 - done) - q(p, x)[1]
-    grads = numeric_grad(lambda p: -q(p, x)[1], p)
-    expected, _, step = np_obgd(p, {k: 0 * v for k, v in p.items()}, grads, delta, nongreedy or done,
-                                args.kappa, args.gamma, args.lamda)
-    assert float(out[2]) == pytest.approx(delta, rel=1e-4, abs=1e-4)
-    assert float(out[3]) == pytest.approx(step, rel=1e-3)
-    got = to_np(new_state.params)
-    for k in p:
-        np.testing.assert_allclose(got[k], expected[k], rtol=1e-3, atol=1e-4)
-    assert all(not np.any(z) for z in to_np(new_state.opt_state.eligibility_trace).values()) == (nongreedy or done)
+    norm = lambda o: (o - np.mean(seen, 0)) / np.sqrt(np.var(seen, 0, ddof=1) + 1e-8)  # noqa: E731
+    cuts = 0
+    for t, done in enumerate([False, False, True, False]):
+        next_obs, reset_obs, reward = frame(), frame(), float(rng.normal(1, 2))
+        a, nongreedy = int(state.action), bool(state.nongreedy)
+        new_state, out = step_fn(state, next_obs, np.float32(reward), done, reset_obs)
+        u = args.gamma * u * (1 - done) + reward
+        returns.append(u)
+        r = reward / math.sqrt((1.0 if len(returns) < 2 else np.var(returns, ddof=1)) + 1e-8)
+        seen.append(next_obs.astype(np.float64))
+        next_x = norm(next_obs)
+        delta = r + args.gamma * q(p, next_x).max() * (1 - done) - q(p, x)[a]
+        grads = numeric_grad(lambda p: -q(p, x)[a], p)
+        p, trace, step = np_obgd(p, trace, grads, delta, nongreedy or done, args.kappa, args.gamma, args.lamda)
+        assert float(out[2]) == pytest.approx(delta, rel=1e-3, abs=1e-3), t
+        assert float(out[3]) == pytest.approx(step, rel=1e-3), t
+        for got, expected in ((to_np(new_state.params), p), (to_np(new_state.opt_state.eligibility_trace), trace)):
+            for k in p:
+                np.testing.assert_allclose(got[k], expected[k], rtol=2e-3, atol=2e-4, err_msg=f"step {t} {k}")
+        if done:
+            seen.append(reset_obs.astype(np.float64))
+        x = norm(reset_obs) if done else next_x
+        np.testing.assert_allclose(new_state.norm_obs, x, rtol=1e-4, atol=1e-4)
+        cuts += nongreedy or done
+        state = new_state
+    assert cuts >= 1
 
 
 def atari_setup(hidden_size=4):
@@ -123,7 +142,7 @@ def atari_setup(hidden_size=4):
               optimizer=stream_q_atari.obgd(args.lr, args.gamma, args.lamda, args.kappa))
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (84, 84)).astype(np.float32) for _ in range(3)]
-    state, _ = stream_q_atari.start(jax.random.PRNGKey(0), frames[0], None, **kw)
+    state, _ = stream_q_atari.start(jax.random.PRNGKey(0), frames[0], **kw)
     return args, kw, frames, state
 
 
@@ -137,6 +156,8 @@ def test_atari_act_keeps_q_and_the_gradient_of_the_action_it_picks():
         state, out = stream_q_atari.act(state, jnp.asarray(x, jnp.float32), q_network=net, args=args)
         action, q_value, grads = int(out[0]), state.q_value, state.grads
         assert int(state.action) == action and float(out[1]) == start_e
+        q = np_q(p, x, (5, 3, 2))
+        assert bool(state.nongreedy) == (action != int(np.argmax(q)))  # Watkins' flag, as act() stores it
         np.testing.assert_allclose(state.frames, x, rtol=1e-6)
         q = np_q(p, x, (5, 3, 2))
         assert float(q_value) == pytest.approx(q[int(action)], rel=1e-3, abs=1e-3)
@@ -198,3 +219,19 @@ def test_minatar_envs_are_registered_with_their_shapes(game, channels, actions):
     env = stream_q_minatar.make_env(f"MinAtar/{game}-v1")
     obs, _ = env.reset(seed=0)
     assert obs.shape == (10, 10, channels) and obs.dtype == bool and env.action_space.n == actions
+
+
+def test_atari_act_marks_a_random_action_nongreedy_only_when_it_differs_from_argmax_q():
+    net, p = random_params(stream_q_atari, 4, scale=0.1)
+    x = np.random.default_rng(6).normal(size=(84, 84, 4))
+    greedy = int(np.argmax(np_q(p, x, (5, 3, 2))))
+    args, _, _, state = atari_setup()
+    args.start_e = args.end_e = 0.5
+    act = jax.jit(partial(stream_q_atari.act, q_network=net, args=args))
+    state, frames, flags = state._replace(params=from_np(p)), jnp.asarray(x, jnp.float32), []
+    for i in range(60):
+        new_state, out = act(state._replace(key=jax.random.PRNGKey(i)), frames)
+        assert int(new_state.action) == int(out[0])
+        assert bool(new_state.nongreedy) == (int(new_state.action) != greedy), i
+        flags.append(bool(new_state.nongreedy))
+    assert 0.1 < np.mean(flags) < 0.6  # epsilon 0.5, 3 actions: a third of them on average
