@@ -59,7 +59,7 @@ def make_env(env_id: str, video_dir: str | None = None) -> gym.Env:
         os.environ.setdefault("MUJOCO_GL", "egl")
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame (Box2D) draws off-screen
     shimmy = "shimmy:" if env_id.startswith("dm_control/") else ""  # shimmy registers dm_control
-    env = gym.make(shimmy + env_id, render_mode="rgb_array" if video_dir else None)
+    env = gym.make(shimmy + env_id, **({"render_mode": "rgb_array"} if video_dir else {}))
     env = gym.wrappers.ClipAction(gym.wrappers.FlattenObservation(env))  # for the env only
     env = gym.wrappers.RecordVideo(env, video_dir) if video_dir else env
     return gym.wrappers.RecordEpisodeStatistics(env)

@@ -57,7 +57,8 @@ class Args:
 def make_env(env_id: str, video_dir: str | None = None) -> gym.Env:
     """Classic-control or Box2D env with the reference's 10,000-step limit and episode statistics;
     with a video_dir, gymnasium's RecordVideo films episodes 0, 1, 8, 27, ... into it."""
-    env = gym.make(env_id, max_episode_steps=10_000, render_mode="rgb_array" if video_dir else None)
+    render = {"render_mode": "rgb_array"} if video_dir else {}  # not all envs take render_mode
+    env = gym.make(env_id, max_episode_steps=10_000, **render)
     if video_dir:
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen: no display
         env = gym.wrappers.RecordVideo(env, video_dir)

@@ -72,7 +72,7 @@ def make_env(env_id: str, video_dir: str | None = None) -> gym.Env:
     Raises gym.error.Error for an id that is not an ALE env."""
     gym.register_envs(ale_py)
     skip_off = {"frameskip": 1} if gym.spec(env_id).kwargs.get("frameskip", 1) != 1 else {}  # v5
-    env = gym.make(env_id, render_mode="rgb_array" if video_dir else None, **skip_off)
+    env = gym.make(env_id, **({"render_mode": "rgb_array"} if video_dir else {}), **skip_off)
     if not hasattr(env.unwrapped, "ale"):
         raise gym.error.Error(f"{env_id} is not an Atari (ALE) env; try BreakoutNoFrameskip-v4")
     env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84)

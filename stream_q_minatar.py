@@ -67,7 +67,7 @@ def make_env(env_id: str, video_dir: str | None = None) -> gym.Env:
     with a video_dir, gymnasium's RecordVideo films episodes 0, 1, 8, 27, ... into it."""
     if env_id.startswith("MinAtar/") and env_id not in gym.registry:
         minatar.gym.register_envs()  # minatar does not register them on import under gymnasium 1.x
-    env = gym.make(env_id, render_mode="rgb_array" if video_dir else None)
+    env = gym.make(env_id, **({"render_mode": "rgb_array"} if video_dir else {}))
     env = gym.wrappers.RecordVideo(RenderUpscaled(env), video_dir) if video_dir else env
     return gym.wrappers.RecordEpisodeStatistics(env)
 

@@ -81,9 +81,10 @@ class FakeAle(gym.Env):
 gym.register("TestAle-v0", entry_point=FakeAle)
 gym.register("TestNanAle-v0", entry_point=FakeAle, kwargs=dict(nan_after=400))
 
-# RECORD_CALLS=FILE: pickle the arguments after the first (the state, or the keys) of every call
-# of a jitted function, as NumPy arrays, and the number of TestAle resets, to FILE
-calls = []
+# RECORD_CALLS=FILE: pickle, for every call of a jitted function, the arguments after the first (the
+# state, or the keys), its `out` and the returned state's field RECORD_FIELD (if set), as NumPy
+# arrays, and the number of TestAle resets, to FILE
+calls, outs, fields = [], [], []
 if os.environ.get("RECORD_CALLS"):
     import jax
     jit = jax.jit
@@ -91,7 +92,11 @@ if os.environ.get("RECORD_CALLS"):
         jitted = jit(fun, **kwargs)
         def call(*args):
             calls.append([np.array(a) for a in args[1:]])
-            return jitted(*args)
+            state, out = jitted(*args)
+            outs.append(np.array(out))
+            if os.environ.get("RECORD_FIELD"):
+                fields.append(np.array(getattr(state, os.environ["RECORD_FIELD"])))
+            return state, out
         return call
     jax.jit = recording_jit
 sys.argv = sys.argv[1:]
@@ -101,7 +106,7 @@ finally:
     if os.environ.get("RECORD_CALLS"):
         import pickle
         with open(os.environ["RECORD_CALLS"], "wb") as f:
-            pickle.dump({"calls": calls, "resets": FakeAle.resets}, f)
+            pickle.dump({"calls": calls, "outs": outs, "fields": fields, "resets": FakeAle.resets}, f)
 '''
 
 
@@ -213,3 +218,16 @@ def from_np(flat, ravel=False):
         out.setdefault(layer, {})[name] = jnp.asarray(value, jnp.float32)
     return ravel_pytree({"params": out})[0] if ravel else {"params": out}
 
+
+
+def record_run(script, *flags, cwd, field=None):
+    """Run script through the launcher with RECORD_CALLS (and RECORD_FIELD=field); returns the
+    recorded {"calls", "outs", "fields", "resets"}. Fails the test if the run fails."""
+    import pickle
+
+    record = os.path.join(cwd, "record.pkl")
+    extra_env = {"RECORD_CALLS": record, **({"RECORD_FIELD": field} if field else {})}
+    result = run_script(script, *flags, cwd=cwd, launcher=True, extra_env=extra_env)
+    assert result.returncode == 0, result.stderr
+    with open(record, "rb") as f:
+        return pickle.load(f)
