@@ -9,6 +9,7 @@ are binned into windows of --window steps (or seconds): the run's value in a win
 return of the episodes that ended in it; the line is the mean over runs, the band ± one standard
 error across runs, and the legend gives the number of runs (seeds).
 """
+
 import math
 import os
 import sys
@@ -39,7 +40,8 @@ class Args:
     x: str = "step"
     """x axis: step (global step) or wall (seconds since the run started)"""
     window: Optional[float] = None
-    """bin width in steps (or seconds with --x wall); default: about 1/40 of the longest run in each panel"""
+    """bin width in steps (or seconds with --x wall); default: about 1/40 of the longest run in each
+    panel"""
 
 
 def read_run(path: str, tag: str):
@@ -53,10 +55,18 @@ def read_run(path: str, tag: str):
     name_parts = os.path.basename(path).rsplit("__", 3)
     hyperparameters = {}
     if "hyperparameters/text_summary" in accumulator.Tags()["tensors"]:
-        table = accumulator.Tensors("hyperparameters/text_summary")[0].tensor_proto.string_val[0].decode()
-        hyperparameters = dict(row.strip("|").split("|", 1) for row in table.splitlines()[2:] if row.count("|") >= 3)
+        table = (
+            accumulator.Tensors("hyperparameters/text_summary")[0]
+            .tensor_proto.string_val[0]
+            .decode()
+        )
+        hyperparameters = dict(
+            row.strip("|").split("|", 1) for row in table.splitlines()[2:] if row.count("|") >= 3
+        )
     env = hyperparameters.get("env", name_parts[0])
-    script = hyperparameters.get("exp_name", name_parts[1] if len(name_parts) == 4 else name_parts[0])
+    script = hyperparameters.get(
+        "exp_name", name_parts[1] if len(name_parts) == 4 else name_parts[0]
+    )
     events = accumulator.Scalars(tag)
     steps = np.array([e.step for e in events], np.float64)
     wall = np.array([e.wall_time for e in events], np.float64) - accumulator.FirstEventTimestamp()
@@ -103,7 +113,9 @@ if __name__ == "__main__":
         fail(f"--x must be one of step, wall; got {args.x!r}")
     if args.window is not None and args.window <= 0:
         fail(f"--window must be positive, got {args.window}")
-    folders = sorted(root for root, _, files in os.walk(args.runs_dir) if any("tfevents" in f for f in files))
+    folders = sorted(
+        root for root, _, files in os.walk(args.runs_dir) if any("tfevents" in f for f in files)
+    )
     if not folders:
         fail(f"no TensorBoard runs under --runs-dir {args.runs_dir}")
     panels = defaultdict(lambda: defaultdict(list))  # env -> script -> [(x, values)]
@@ -119,18 +131,29 @@ if __name__ == "__main__":
     rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
     for ax, (env, scripts) in zip(axes.flat, sorted(panels.items())):
-        window = args.window or nice_window(max(x.max() for runs in scripts.values() for x, _ in runs))
+        window = args.window or nice_window(
+            max(x.max() for runs in scripts.values() for x, _ in runs)
+        )
         for script, runs in sorted(scripts.items()):
             centres, mean, stderr, _ = bin_runs(runs, window)
-            line, = ax.plot(centres, mean, label=f"{script} ({len(runs)} seed{'s' * (len(runs) > 1)})")
-            ax.fill_between(centres, mean - stderr, mean + stderr, color=line.get_color(), alpha=0.2, linewidth=0)
+            (line,) = ax.plot(
+                centres, mean, label=f"{script} ({len(runs)} seed{'s' * (len(runs) > 1)})"
+            )
+            ax.fill_between(
+                centres,
+                mean - stderr,
+                mean + stderr,
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
+            )
         ax.set_title(env)
         ax.set_xlabel("global step" if args.x == "step" else "wall-clock seconds")
         ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter())  # 200k, not 200000
         ax.set_ylabel(args.tag.split("/")[-1].replace("_", " "))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     fig.tight_layout()
     outputs = [args.out] + ([os.path.splitext(args.out)[0] + ".pdf"] if args.pdf else [])
@@ -139,5 +162,5 @@ if __name__ == "__main__":
             fig.savefig(path, dpi=100)
         except OSError as e:
             fail(f"cannot write --out {path}: {e.strerror or e}")
-    print(f"wrote {', '.join(outputs)}: {sum(len(r) for s in panels.values() for r in s.values())} runs, "
-          f"{len(panels)} envs")
+    count = sum(len(r) for s in panels.values() for r in s.values())
+    print(f"wrote {', '.join(outputs)}: {count} runs, {len(panels)} envs")

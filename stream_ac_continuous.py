@@ -54,13 +54,13 @@ class Args:
 
 
 def make_env(env_id: str, video_dir: str | None = None) -> gym.Env:
-    """Env with its default time limit, clipped actions, flat observations, episode statistics."""
+    """Env with its default time limit, clipped actions and episode statistics; dm_control flat."""
     if video_dir:  # render with no display: MuJoCo through EGL (set before dm_control is imported)
         os.environ.setdefault("MUJOCO_GL", "egl")
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame (Box2D) draws off-screen
-    shimmy = "shimmy:" if env_id.startswith("dm_control/") else ""  # shimmy registers dm_control
+    shimmy = "shimmy:" if env_id.startswith("dm_control/") else ""  # registers dm_control: dict obs
     env = gym.make(shimmy + env_id, **({"render_mode": "rgb_array"} if video_dir else {}))
-    env = gym.wrappers.ClipAction(gym.wrappers.FlattenObservation(env))  # for the env only
+    env = gym.wrappers.ClipAction(gym.wrappers.FlattenObservation(env) if shimmy else env)
     env = gym.wrappers.RecordVideo(env, video_dir) if video_dir else env
     return gym.wrappers.RecordEpisodeStatistics(env)
 

@@ -13,6 +13,7 @@ is the mean of the two env-only runs; agent-steps/s counts every agent's steps. 
 --root folders (say an old checkout and this one) the rows alternate between them. Not a pytest
 test: machines are noisy, so compare ratios from one run, not figures across runs.
 """
+
 import argparse
 import contextlib
 import glob
@@ -25,7 +26,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# script -> (default env, steps to run); each script logs charts/SPS every 1,000 steps (5,000 before)
+# script -> (default env, steps to run); each script logs charts/SPS every 1,000 steps (5,000
+# before)
 DEFAULTS = {
     "stream_q": ("CartPole-v1", 40_000),
     "stream_sarsa": ("CartPole-v1", 40_000),
@@ -76,15 +78,24 @@ def run_one(root: str, script: str, env_id: str, steps: int, num_seeds: int) -> 
     sps = num_seeds * (last.step - first.step) / (last.wall_time - first.wall_time)
     raw = (raw_before + raw_after) / 2
     label = os.path.basename(root)
-    print(f"{label:12s} {script:22s} {env_id:22s} {num_seeds:4d} {sps:10.0f} {raw:9.0f} {sps / raw:6.2f}", flush=True)
+    row = f"{label:12s} {script:22s} {env_id:22s} {num_seeds:4d} {sps:10.0f} {raw:9.0f}"
+    print(f"{row} {sps / raw:6.2f}", flush=True)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("scripts", nargs="*", help="scripts to time (default: all that exist)")
-    parser.add_argument("--steps", type=int, help="steps per agent (default: per script, >= 15,000)")
-    parser.add_argument("--num-seeds", type=int, nargs="+", default=[1], help="agents per run, one row each")
-    parser.add_argument("--root", action="append", help="folder holding the scripts (repeatable; default: here)")
+    parser.add_argument(
+        "--steps", type=int, help="steps per agent (default: per script, >= 15,000)"
+    )
+    parser.add_argument(
+        "--num-seeds", type=int, nargs="+", default=[1], help="agents per run, one row each"
+    )
+    parser.add_argument(
+        "--root", action="append", help="folder holding the scripts (repeatable; default: here)"
+    )
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     cli = parser.parse_args()
     if cli.one:
@@ -94,12 +105,19 @@ if __name__ == "__main__":
         sys.exit()
     roots = cli.root or [ROOT]
     scripts = cli.scripts or [s for s in DEFAULTS if os.path.exists(os.path.join(ROOT, f"{s}.py"))]
-    print(f"{'root':12s} {'script':22s} {'env':22s} {'N':>4s} {'agent-st/s':>10s} {'env-only':>9s} {'ratio':>6s}",
-          flush=True)
+    header = f"{'root':12s} {'script':22s} {'env':22s} {'N':>4s} {'agent-st/s':>10s}"
+    print(f"{header} {'env-only':>9s} {'ratio':>6s}", flush=True)
     for script in scripts:
         for num_seeds in cli.num_seeds:
             for root in roots:
-                command = [sys.executable, os.path.abspath(__file__), script, "--one", root, str(num_seeds)]
+                command = [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    script,
+                    "--one",
+                    root,
+                    str(num_seeds),
+                ]
                 if cli.steps:
                     command += ["--steps", str(cli.steps)]
                 subprocess.run(command, check=True, stdout=None, stderr=subprocess.DEVNULL)

@@ -1,5 +1,6 @@
 """Shared test helpers: running a script as a user would, reading its TensorBoard logs, and
 independent NumPy references of the networks (float64)."""
+
 import glob
 import os
 import subprocess
@@ -22,7 +23,8 @@ class TestEnv(gym.Env):
     def __init__(self, continuous=False, image=None, nan_after=None, nan_seed=None):
         self.observation_space = (gym.spaces.Box(0, 255, image, np.uint8) if image
                                   else gym.spaces.Box(-1.0, 1.0, (3,), np.float32))
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32) if continuous else gym.spaces.Discrete(2)
+        self.action_space = (gym.spaces.Box(-1.0, 1.0, (2,), np.float32) if continuous
+                             else gym.spaces.Discrete(2))
         self.nan_after, self.nan_seed, self.t, self.seed = nan_after, nan_seed, 0, None
     def reset(self, seed=None, options=None):
         super().reset(seed=seed)
@@ -30,20 +32,22 @@ class TestEnv(gym.Env):
         return self.observation_space.sample(), {}
     def step(self, action):
         self.t += 1
-        nan = self.nan_after is not None and self.t > self.nan_after and self.nan_seed in (None, self.seed)
+        nan = (self.nan_after is not None and self.t > self.nan_after
+               and self.nan_seed in (None, self.seed))
         reward = float("nan") if nan else 1.0
         return self.observation_space.sample(), reward, self.t % 20 == 0, False, {}
 
-gym.register("Test/Nan-v0", entry_point=TestEnv, kwargs=dict(nan_after=100), max_episode_steps=1000)
-gym.register("Test/NanSeed1-v0", entry_point=TestEnv, kwargs=dict(nan_after=100, nan_seed=1), max_episode_steps=1000)
-gym.register("TestNanContinuous-v0", entry_point=TestEnv, kwargs=dict(continuous=True, nan_after=100),
-             max_episode_steps=1000)
-gym.register("TestImage-v0", entry_point=TestEnv, kwargs=dict(image=(8, 8, 3)), max_episode_steps=1000)
-gym.register("TestNanMinAtar-v0", entry_point=TestEnv, kwargs=dict(image=(10, 10, 4), nan_after=100),
-             max_episode_steps=1000)
+for name, kwargs in [("Test/Nan-v0", dict(nan_after=100)),
+                     ("Test/NanSeed1-v0", dict(nan_after=100, nan_seed=1)),
+                     ("TestNanContinuous-v0", dict(continuous=True, nan_after=100)),
+                     ("TestImage-v0", dict(image=(8, 8, 3))),
+                     ("TestImageContinuous-v0", dict(image=(8, 8, 3), continuous=True)),
+                     ("TestNanMinAtar-v0", dict(image=(10, 10, 4), nan_after=100))]:
+    gym.register(name, entry_point=TestEnv, kwargs=kwargs, max_episode_steps=1000)
 
 class SeedlessEnv(gym.Env):
-    """The same observation whatever the seed; reward 1 a step; the episode ends when action 1 is taken."""
+    """The same observation whatever the seed; reward 1 a step; the episode ends when action 1 is
+    taken."""
     observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
     action_space = gym.spaces.Discrete(2)
     def reset(self, seed=None, options=None):
@@ -61,7 +65,8 @@ class FakeAle(gym.Env):
     action_space = gym.spaces.Discrete(4)
     _frameskip, resets, frame = 1, 0, 0
     def __init__(self, nan_after=None):
-        self.ale, self.nan_after, self.frames = self, nan_after, 0  # AtariPreprocessing reads unwrapped.ale
+        # AtariPreprocessing reads unwrapped.ale
+        self.ale, self.nan_after, self.frames = self, nan_after, 0
     def get_action_meanings(self):
         return ["NOOP", "FIRE", "RIGHT", "LEFT"]
     def lives(self):
@@ -75,8 +80,9 @@ class FakeAle(gym.Env):
         return np.zeros((210, 160, 3), np.uint8), {"lives": self.lives()}
     def step(self, action):
         self.frame, self.frames = self.frame + 1, self.frames + 1
-        reward = float("nan") if self.nan_after is not None and self.frames > self.nan_after else 1.0
-        return np.zeros((210, 160, 3), np.uint8), reward, self.lives() == 0, False, {"lives": self.lives()}
+        nan = self.nan_after is not None and self.frames > self.nan_after
+        reward, info = float("nan") if nan else 1.0, {"lives": self.lives()}
+        return np.zeros((210, 160, 3), np.uint8), reward, self.lives() == 0, False, info
 
 gym.register("TestAle-v0", entry_point=FakeAle)
 gym.register("TestNanAle-v0", entry_point=FakeAle, kwargs=dict(nan_after=400))
@@ -106,7 +112,8 @@ finally:
     if os.environ.get("RECORD_CALLS"):
         import pickle
         with open(os.environ["RECORD_CALLS"], "wb") as f:
-            pickle.dump({"calls": calls, "outs": outs, "fields": fields, "resets": FakeAle.resets}, f)
+            recorded = {"calls": calls, "outs": outs, "fields": fields, "resets": FakeAle.resets}
+            pickle.dump(recorded, f)
 '''
 
 
@@ -119,7 +126,9 @@ def run_script(script, *flags, cwd, launcher=False, timeout=900, extra_env=None)
             f.write(LAUNCHER)
         command = [sys.executable, os.path.join(cwd, "launcher.py"), path, *flags]
     env = dict(os.environ, PYTHONWARNINGS="ignore", **(extra_env or {}))
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def load_run(run):
@@ -128,7 +137,10 @@ def load_run(run):
 
     accumulator = EventAccumulator(run)
     accumulator.Reload()
-    scalars = {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+    scalars = {
+        tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
+        for tag in accumulator.Tags()["scalars"]
+    }
     return scalars, accumulator
 
 
@@ -156,7 +168,8 @@ def assert_one_line_error(result, *words):
 
 
 def np_layer_norm(x, axes=None):
-    """LayerNorm without scale or bias over the whole tensor (all axes), eps 1e-5, biased variance."""
+    """LayerNorm without scale or bias over the whole tensor (all axes), eps 1e-5, biased
+    variance."""
     return (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + 1e-5)
 
 
@@ -187,7 +200,8 @@ def numeric_grad(f, params, h=1e-5):
 
 
 def np_obgd(params, trace, grads, delta, reset, kappa, gamma, lamda, lr=1.0):
-    """NumPy ObGD (Elsayed et al. 2024, Algorithm 3) over dicts of arrays: (params, trace, step size)."""
+    """NumPy ObGD (Elsayed et al. 2024, Algorithm 3) over dicts of arrays: (params, trace, step
+    size)."""
     trace = {k: gamma * lamda * trace[k] + grads[k] for k in params}
     z_sum = sum(np.abs(z).sum() for z in trace.values())
     m = lr * kappa * max(abs(delta), 1.0) * z_sum
@@ -202,8 +216,11 @@ def to_np(params, unravel=None):
     """flax {'params': {'Dense_0': {'kernel', 'bias'}}}, or a flat weight vector and its unravel
     (as the scripts keep them), -> {'Dense_0/kernel': float64 array}."""
     params = params if unravel is None else unravel(params)
-    return {f"{layer}/{name}": np.array(v, np.float64)
-            for layer, d in params["params"].items() for name, v in d.items()}
+    return {
+        f"{layer}/{name}": np.array(v, np.float64)
+        for layer, d in params["params"].items()
+        for name, v in d.items()
+    }
 
 
 def from_np(flat, ravel=False):
@@ -217,7 +234,6 @@ def from_np(flat, ravel=False):
         layer, name = key.split("/")
         out.setdefault(layer, {})[name] = jnp.asarray(value, jnp.float32)
     return ravel_pytree({"params": out})[0] if ravel else {"params": out}
-
 
 
 def record_run(script, *flags, cwd, field=None):

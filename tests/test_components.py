@@ -1,6 +1,7 @@
 """Each piece of the flat-observation scripts against an independent NumPy reference written here:
 ObGD and AdaptiveObGD, the networks, the normalisers, action selection, and several consecutive
 train_steps of every algorithm (traces carried, episodes ending, the next episode starting)."""
+
 import inspect
 import math
 from functools import partial
@@ -52,29 +53,37 @@ def test_obgd_one_step(lr, bound_active):
     delta, kappa, gamma, lamda = 0.7, 2.0, 0.99, 0.8
     z_sum = sum(np.abs(gamma * lamda * trace[k] + grads[k]).sum() for k in params)
     assert (lr * kappa * max(abs(delta), 1) * z_sum > 1) == bound_active
-    expected_params, expected_trace, expected_step = np_obgd(params, trace, grads, delta, False, kappa,
-                                                             gamma, lamda, lr)
+    expected_params, expected_trace, expected_step = np_obgd(
+        params, trace, grads, delta, False, kappa, gamma, lamda, lr
+    )
     optimizer = stream_q.obgd(lr, gamma, lamda, kappa)
     assert isinstance(optimizer, optax.GradientTransformationExtraArgs)
     fresh = optimizer.init(as_jax(params))
     assert not any(np.any(z) for z in fresh.eligibility_trace.values())
     assert fresh.v is None and fresh.count is None  # plain ObGD carries the trace only
     state = fresh._replace(eligibility_trace=as_jax(trace))
-    updates, new_state = optimizer.update(as_jax(grads), state, delta=jnp.float32(delta),
-                                          reset=jnp.bool_(False))
+    updates, new_state = optimizer.update(
+        as_jax(grads), state, delta=jnp.float32(delta), reset=jnp.bool_(False)
+    )
     new_params = optax.apply_updates(as_jax(params), updates)
     assert float(new_state.step_size) == pytest.approx(expected_step, rel=1e-5)
     assert (expected_step < lr) == bound_active
     for k in params:
         np.testing.assert_allclose(new_params[k], expected_params[k], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(new_state.eligibility_trace[k], expected_trace[k], rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            new_state.eligibility_trace[k], expected_trace[k], rtol=1e-5, atol=1e-6
+        )
     # reset: the update still uses the decayed trace, then the trace is zeroed
-    updates, reset_state = optimizer.update(as_jax(grads), state, delta=jnp.float32(delta),
-                                            reset=jnp.bool_(True))
+    updates, reset_state = optimizer.update(
+        as_jax(grads), state, delta=jnp.float32(delta), reset=jnp.bool_(True)
+    )
     for k in params:
-        np.testing.assert_allclose(optax.apply_updates(as_jax(params), updates)[k], expected_params[k],
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            optax.apply_updates(as_jax(params), updates)[k],
+            expected_params[k],
+            rtol=1e-5,
+            atol=1e-6,
+        )
         assert not np.any(reset_state.eligibility_trace[k])
 
 
@@ -85,7 +94,14 @@ class NpAdaptiveObGD:
         self.p = {k: v.copy() for k, v in params.items()}
         self.e = {k: np.zeros_like(v) for k, v in params.items()}
         self.v = {k: np.zeros_like(v) for k, v in params.items()}
-        self.lr, self.gamma, self.lamda, self.kappa, self.beta2, self.eps = lr, gamma, lamda, kappa, beta2, eps
+        self.lr, self.gamma, self.lamda, self.kappa, self.beta2, self.eps = (
+            lr,
+            gamma,
+            lamda,
+            kappa,
+            beta2,
+            eps,
+        )
         self.counter = 0
 
     def step(self, grads, delta, reset=False):
@@ -94,12 +110,12 @@ class NpAdaptiveObGD:
         for k in self.p:
             self.e[k] = self.e[k] * self.gamma * self.lamda + grads[k]
             self.v[k] = self.v[k] * self.beta2 + (1.0 - self.beta2) * (delta * self.e[k]) ** 2
-            v_hat = self.v[k] / (1.0 - self.beta2 ** self.counter)
+            v_hat = self.v[k] / (1.0 - self.beta2**self.counter)
             z_sum += np.abs(self.e[k] / np.sqrt(v_hat + self.eps)).sum()
         dot_product = max(abs(delta), 1.0) * z_sum * self.lr * self.kappa
         step_size = self.lr / dot_product if dot_product > 1 else self.lr
         for k in self.p:
-            v_hat = self.v[k] / (1.0 - self.beta2 ** self.counter)
+            v_hat = self.v[k] / (1.0 - self.beta2**self.counter)
             self.p[k] = self.p[k] - step_size * delta * self.e[k] / np.sqrt(v_hat + self.eps)
             if reset:
                 self.e[k] = np.zeros_like(self.e[k])
@@ -115,18 +131,23 @@ def test_adaptive_obgd_against_the_references_optimiser_over_steps_with_a_reset(
     jax_params, state = as_jax(params), optimizer.init(as_jax(params))
     assert int(state.count) == 0 and not any(np.any(v) for v in state.v.values())
     # small and large gradients, so the bound is active in some steps and not in others
-    for t, (scale, reset) in enumerate([(1.0, False), (1e-3, False), (0.3, True), (1e-3, False), (2.0, False)]):
+    for t, (scale, reset) in enumerate(
+        [(1.0, False), (1e-3, False), (0.3, True), (1e-3, False), (2.0, False)]
+    ):
         grads = {k: scale * rng.normal(size=v.shape) for k, v in params.items()}
         delta = float(rng.normal() * 2)
         step = reference.step(grads, delta, reset)
-        updates, state = optimizer.update(as_jax(grads), state, delta=jnp.float32(delta),
-                                          reset=jnp.bool_(reset))
+        updates, state = optimizer.update(
+            as_jax(grads), state, delta=jnp.float32(delta), reset=jnp.bool_(reset)
+        )
         jax_params = optax.apply_updates(jax_params, updates)
         assert float(state.step_size) == pytest.approx(step, rel=1e-4), t
         assert int(state.count) == t + 1  # the bias correction counts every update, resets too
         for k in params:
             np.testing.assert_allclose(jax_params[k], reference.p[k], rtol=1e-4, atol=1e-5)
-            np.testing.assert_allclose(state.eligibility_trace[k], reference.e[k], rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(
+                state.eligibility_trace[k], reference.e[k], rtol=1e-4, atol=1e-6
+            )
             np.testing.assert_allclose(state.v[k], reference.v[k], rtol=1e-4, atol=1e-9)
         if reset:  # z is zeroed, v is kept
             assert not any(np.any(z) for z in state.eligibility_trace.values())
@@ -136,10 +157,13 @@ def test_adaptive_obgd_against_the_references_optimiser_over_steps_with_a_reset(
 @pytest.mark.parametrize("module", [stream_q])
 def test_leaky_relu_has_torchs_gradient_at_zero(module):
     # sparse init zeroes every input weight when fan_in <= 9 (CartPole: 4 + 1), so first-layer units
-    # start at exactly 0, where jax.nn.leaky_relu's gradient is 1 and the reference's (torch) is 0.01
+    # start at exactly 0, where jax.nn.leaky_relu's gradient is 1 and the reference's (torch) is
+    # 0.01
     x = jnp.array([-2.0, -0.0, 0.0, 3.0])
     np.testing.assert_allclose(module.leaky_relu(x), [-0.02, 0.0, 0.0, 3.0], rtol=1e-6)
-    np.testing.assert_allclose(jax.vmap(jax.grad(module.leaky_relu))(x), [0.01, 0.01, 0.01, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.vmap(jax.grad(module.leaky_relu))(x), [0.01, 0.01, 0.01, 1.0], rtol=1e-6
+    )
     for script in ALL:  # every network uses it
         assert "nn.leaky_relu(" not in inspect.getsource(script)
 
@@ -161,7 +185,9 @@ def test_networks_match_numpy_forward_and_zero_bias():
     q_net = stream_q.QNetwork(3, 16)
     p = to_np(q_net.init(jax.random.PRNGKey(0), x))
     assert all(not np.any(v) for k, v in p.items() if k.endswith("bias"))
-    p = {k: np.random.default_rng(1).normal(size=v.shape) for k, v in p.items()}  # non-zero biases too
+    p = {
+        k: np.random.default_rng(1).normal(size=v.shape) for k, v in p.items()
+    }  # non-zero biases too
     np.testing.assert_allclose(q_net.apply(from_np(p), x), head(p, x), rtol=1e-4, atol=1e-4)
 
     actor = stream_ac_continuous.Actor(2, 16)
@@ -174,7 +200,9 @@ def test_networks_match_numpy_forward_and_zero_bias():
         critic = module.Critic(16)
         p = to_np(critic.init(jax.random.PRNGKey(0), x))
         p = {k: np.random.default_rng(3).normal(size=v.shape) for k, v in p.items()}
-        assert float(critic.apply(from_np(p), x)) == pytest.approx(head(p, x)[0], rel=1e-4, abs=1e-4)
+        assert float(critic.apply(from_np(p), x)) == pytest.approx(
+            head(p, x)[0], rel=1e-4, abs=1e-4
+        )
 
 
 @pytest.mark.parametrize("module", [stream_q])
@@ -192,19 +220,34 @@ def test_welford_observation_normaliser_over_a_stream(module):
 
 # ---- the agents' steps -------------------------------------------------------------------------
 
+
 def make_kwargs(module, obs_dim, n_actions, hidden_size=8, **arg_overrides):
     """The keyword arguments the script's __main__ gives start() and train_step()."""
     args = module.Args(hidden_size=hidden_size, total_steps=1000, **arg_overrides)
     zeros, key = jnp.zeros(obs_dim + 1), jax.random.PRNGKey(0)
-    optimizer = partial(module.obgd, args.lr, args.gamma, args.lamda, adaptive=args.optimizer != "obgd")
+    optimizer = partial(
+        module.obgd, args.lr, args.gamma, args.lamda, adaptive=args.optimizer != "obgd"
+    )
     if hasattr(module, "QNetwork"):
         net = module.QNetwork(n_actions, hidden_size)
-        return args, dict(q_network=net, unravel=ravel_pytree(net.init(key, zeros))[1], args=args,
-                          optimizer=optimizer(args.kappa), time_limit=T)
+        return args, dict(
+            q_network=net,
+            unravel=ravel_pytree(net.init(key, zeros))[1],
+            args=args,
+            optimizer=optimizer(args.kappa),
+            time_limit=T,
+        )
     actor, critic = module.Actor(n_actions, hidden_size), module.Critic(hidden_size)
-    return args, dict(actor=actor, critic=critic, unravel_policy=ravel_pytree(actor.init(key, zeros))[1],
-                      unravel_value=ravel_pytree(critic.init(key, zeros))[1], args=args, time_limit=T,
-                      policy_optimizer=optimizer(args.kappa_policy), value_optimizer=optimizer(args.kappa_value))
+    return args, dict(
+        actor=actor,
+        critic=critic,
+        unravel_policy=ravel_pytree(actor.init(key, zeros))[1],
+        unravel_value=ravel_pytree(critic.init(key, zeros))[1],
+        args=args,
+        time_limit=T,
+        policy_optimizer=optimizer(args.kappa_policy),
+        value_optimizer=optimizer(args.kappa_value),
+    )
 
 
 class NpAgent:
@@ -216,7 +259,9 @@ class NpAgent:
         self.seen, self.returns, self.u, self.t = [obs.astype(np.float64)], [], 0.0, 0
         self.x = self.normalise(obs)
         self.networks = {name: p for name, p in networks.items()}  # name -> params
-        self.traces = {name: {k: np.zeros_like(v) for k, v in p.items()} for name, p in networks.items()}
+        self.traces = {
+            name: {k: np.zeros_like(v) for k, v in p.items()} for name, p in networks.items()
+        }
         self.gamma, self.lamda = gamma, lamda
 
     def normalise(self, obs):
@@ -241,8 +286,16 @@ class NpAgent:
     def update(self, name, loss, delta, reset, kappa):
         """ObGD on network name with g = numeric grad of loss(params); returns the step size."""
         grads = numeric_grad(loss, self.networks[name])
-        self.networks[name], self.traces[name], step = np_obgd(self.networks[name], self.traces[name], grads,
-                                                               delta, reset, kappa, self.gamma, self.lamda)
+        self.networks[name], self.traces[name], step = np_obgd(
+            self.networks[name],
+            self.traces[name],
+            grads,
+            delta,
+            reset,
+            kappa,
+            self.gamma,
+            self.lamda,
+        )
         return step
 
 
@@ -291,9 +344,14 @@ def test_value_based_train_steps_against_numpy(module, epsilon):
         step = reference.update("q", lambda p: -head(p, x)[a], delta, reset, args.kappa)
         assert float(out[2]) == pytest.approx(delta, rel=1e-3, abs=1e-3), t
         assert float(out[3]) == pytest.approx(step, rel=1e-3), t
-        assert_close(to_np(new_state.params, kw["unravel"]), reference.networks["q"], f"step {t} weights")
-        assert_close(to_np(new_state.opt_state.eligibility_trace, kw["unravel"]), reference.traces["q"],
-                     f"step {t} trace")
+        assert_close(
+            to_np(new_state.params, kw["unravel"]), reference.networks["q"], f"step {t} weights"
+        )
+        assert_close(
+            to_np(new_state.opt_state.eligibility_trace, kw["unravel"]),
+            reference.traces["q"],
+            f"step {t} trace",
+        )
         np.testing.assert_allclose(new_state.norm_obs, reference.x, rtol=1e-4, atol=1e-4)
         assert int(new_state.episode_step) == reference.t
         resets += reset
@@ -309,7 +367,9 @@ def test_actor_critic_train_steps_against_numpy(module):
     state, _ = module.start(jax.random.PRNGKey(0), obs, **kw)
     pp = random_params(kw["unravel_policy"], state.policy_params, 4)
     vp = random_params(kw["unravel_value"], state.value_params, 5)
-    state = state._replace(policy_params=from_np(pp, ravel=True), value_params=from_np(vp, ravel=True))
+    state = state._replace(
+        policy_params=from_np(pp, ravel=True), value_params=from_np(vp, ravel=True)
+    )
     if continuous:  # outside the bounds [-1, 1]: the log-prob is of the unclipped action
         state = state._replace(action=jnp.array([1.7, -0.4], jnp.float32))
     reference = NpAgent(obs, {"policy": pp, "value": vp}, args.gamma, args.lamda)
@@ -319,12 +379,18 @@ def test_actor_critic_train_steps_against_numpy(module):
         new_state, out = step_fn(state, next_obs, reward, done, reset_obs)
         x, next_x, r = reference.observe(next_obs, reward, done, reset_obs)
         v = lambda p, s: head(p, s)[0]  # noqa: E731
-        delta = r + args.gamma * v(reference.networks["value"], next_x) * (1 - done) - v(reference.networks["value"], x)
+        delta = (
+            r
+            + args.gamma * v(reference.networks["value"], next_x) * (1 - done)
+            - v(reference.networks["value"], x)
+        )
 
         def policy_loss(p):
             if continuous:
                 mu, std = head(p, x), np.log1p(np.exp(head(p, x, 3)))
-                log_prob = (-0.5 * ((a - mu) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)).sum()
+                log_prob = (
+                    -0.5 * ((a - mu) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
+                ).sum()
                 entropy = (0.5 + 0.5 * np.log(2 * np.pi) + np.log(std)).sum()
             else:
                 logits = head(p, x)
@@ -337,16 +403,28 @@ def test_actor_critic_train_steps_against_numpy(module):
         assert float(out[-3]) == pytest.approx(delta, rel=1e-3, abs=1e-3), t
         np.testing.assert_allclose(np.asarray(out[-2:]), [step_p, step_v], rtol=1e-3)
         for name, unravel in (("policy", kw["unravel_policy"]), ("value", kw["unravel_value"])):
-            assert_close(to_np(getattr(new_state, f"{name}_params"), unravel), reference.networks[name],
-                         f"step {t} {name} weights")
+            assert_close(
+                to_np(getattr(new_state, f"{name}_params"), unravel),
+                reference.networks[name],
+                f"step {t} {name} weights",
+            )
             trace = to_np(getattr(new_state, f"{name}_opt_state").eligibility_trace, unravel)
             assert_close(trace, reference.traces[name], f"step {t} {name} trace")
-            assert (not any(np.any(z) for z in trace.values())) == done  # zeroed at the episode's end only
-        # the next action is taken in the reset observation after a terminal step, its time feature -0.5
+            assert (
+                not any(np.any(z) for z in trace.values())
+            ) == done  # zeroed at the episode's end only
+        # the next action is taken in the reset observation after a terminal step, its time feature
+        # -0.5
         np.testing.assert_allclose(new_state.norm_obs, reference.x, rtol=1e-4, atol=1e-4)
-        assert int(new_state.episode_step) == reference.t and (float(new_state.norm_obs[-1]) == -0.5) == done
-        # the action returned is the one stored, and it was drawn from the policy of that observation
-        np.testing.assert_array_equal(np.asarray(out[:-3]), np.atleast_1d(np.asarray(new_state.action)))
+        assert (
+            int(new_state.episode_step) == reference.t
+            and (float(new_state.norm_obs[-1]) == -0.5) == done
+        )
+        # the action returned is the one stored, and it was drawn from the policy of that
+        # observation
+        np.testing.assert_array_equal(
+            np.asarray(out[:-3]), np.atleast_1d(np.asarray(new_state.action))
+        )
         state = new_state
 
 
@@ -355,8 +433,12 @@ def test_continuous_action_is_a_sample_of_the_policy_and_left_unclipped():
     state, _ = stream_ac_continuous.start(jax.random.PRNGKey(0), np.zeros(3, np.float32), **kw)
     norm_obs = jnp.array([0.3, -1.0, 2.0, -0.5])
     mu, std = kw["actor"].apply(kw["unravel_policy"](state.policy_params), norm_obs)
-    act = jax.jit(partial(stream_ac_continuous.act, actor=kw["actor"], unravel_policy=kw["unravel_policy"]))
-    samples = np.array([act(state._replace(key=jax.random.PRNGKey(i)), norm_obs)[1] for i in range(400)])
+    act = jax.jit(
+        partial(stream_ac_continuous.act, actor=kw["actor"], unravel_policy=kw["unravel_policy"])
+    )
+    samples = np.array(
+        [act(state._replace(key=jax.random.PRNGKey(i)), norm_obs)[1] for i in range(400)]
+    )
     np.testing.assert_allclose(samples.mean(0), mu, atol=4 * float(std.max()) / 20)
     np.testing.assert_allclose(samples.std(0), std, rtol=0.15)
     # the env clips (gymnasium's ClipAction); the agent keeps and learns from the unclipped sample
@@ -372,12 +454,19 @@ def test_categorical_action_follows_the_softmax_of_the_logits():
     args, kw = make_kwargs(stream_ac_discrete, 3, 3)
     state, _ = stream_ac_discrete.start(jax.random.PRNGKey(0), np.zeros(3, np.float32), **kw)
     p = random_params(kw["unravel_policy"], state.policy_params, 1)
-    state, norm_obs = state._replace(policy_params=from_np(p, ravel=True)), jnp.array([0.3, -1.0, 2.0, -0.5])
+    state, norm_obs = (
+        state._replace(policy_params=from_np(p, ravel=True)),
+        jnp.array([0.3, -1.0, 2.0, -0.5]),
+    )
     logits = head(p, np.asarray(norm_obs, np.float64))
     probs = np.exp(logits) / np.exp(logits).sum()
-    act = jax.jit(partial(stream_ac_discrete.act, actor=kw["actor"], unravel_policy=kw["unravel_policy"]))
-    counts = np.bincount([int(act(state._replace(key=jax.random.PRNGKey(i)), norm_obs)[1][0])
-                          for i in range(2000)], minlength=3)
+    act = jax.jit(
+        partial(stream_ac_discrete.act, actor=kw["actor"], unravel_policy=kw["unravel_policy"])
+    )
+    counts = np.bincount(
+        [int(act(state._replace(key=jax.random.PRNGKey(i)), norm_obs)[1][0]) for i in range(2000)],
+        minlength=3,
+    )
     np.testing.assert_allclose(counts / 2000, probs, atol=0.04)
 
 
@@ -387,7 +476,9 @@ def q_agent(module, **arg_overrides):
         args, kw = make_kwargs(module, 4, 3, **arg_overrides)
         return args, kw, module.start(jax.random.PRNGKey(0), np.zeros(4, np.float32), **kw)[0]
     args = module.Args(hidden_size=4, total_steps=1000, **arg_overrides)
-    kw = dict(q_network=module.QNetwork(3, 4), optimizer=module.obgd(1.0, 0.99, 0.8, 2.0), args=args)
+    kw = dict(
+        q_network=module.QNetwork(3, 4), optimizer=module.obgd(1.0, 0.99, 0.8, 2.0), args=args
+    )
     obs = np.zeros((10, 10, 2) if module is stream_q_minatar else (84, 84), np.float32)
     return args, kw, module.start(jax.random.PRNGKey(0), obs, **kw)[0]
 
@@ -404,7 +495,8 @@ def test_act_marks_a_random_action_nongreedy_only_when_it_differs_from_argmax_q(
         assert int(out[0]) == int(new_state.action)
         assert bool(new_state.nongreedy) == (int(new_state.action) != 1), i
         flags.append(bool(new_state.nongreedy))
-    # epsilon 0.5 with 3 actions: a random action half the time, a non-greedy one a third of the time
+    # epsilon 0.5 with 3 actions: a random action half the time, a non-greedy one a third of the
+    # time
     assert 0.2 < np.mean(flags) < 0.45
 
 
@@ -420,7 +512,9 @@ def test_epsilon_decays_linearly_over_the_exploration_fraction(module):
         act = jax.jit(partial(module.act, args=args))
         call = lambda t: act(state._replace(global_step=jnp.int32(t)), state.norm_obs, jnp.zeros(3))  # noqa: E731
     for t in (0, 9, int(duration) - 1, 4999):
-        assert float(call(t)[1][1]) == pytest.approx(max(1 - 0.99 * (t + 1) / duration, 0.01), abs=1e-6), t
+        assert float(call(t)[1][1]) == pytest.approx(
+            max(1 - 0.99 * (t + 1) / duration, 0.01), abs=1e-6
+        ), t
 
 
 def test_reward_scaling_over_a_stream_restarts_the_trace_at_each_episode_end():
@@ -451,30 +545,47 @@ def test_sarsa_target_uses_the_action_taken_not_the_max():
     q_next = head(p, next_x)
     deltas = {}
     for i in range(30):  # epsilon is near 1 here, so both actions come up
-        _, out = stream_sarsa.train_step(state._replace(key=jax.random.PRNGKey(i)), next_obs, np.float32(1.0),
-                                         False, next_obs, **kw)
+        _, out = stream_sarsa.train_step(
+            state._replace(key=jax.random.PRNGKey(i)),
+            next_obs,
+            np.float32(1.0),
+            False,
+            next_obs,
+            **kw,
+        )
         deltas[int(out[0])] = float(out[2])
     assert set(deltas) == {0, 1}
-    assert deltas[1] - deltas[0] == pytest.approx(args.gamma * (q_next[1] - q_next[0]), rel=1e-3, abs=1e-4)
+    assert deltas[1] - deltas[0] == pytest.approx(
+        args.gamma * (q_next[1] - q_next[0]), rel=1e-3, abs=1e-4
+    )
 
 
 def test_sarsa_first_action_of_an_episode_comes_from_the_reset_observation():
-    args, kw = make_kwargs(stream_sarsa, 4, 2, start_e=0.0, end_e=0.0)  # greedy: the action follows q
+    args, kw = make_kwargs(
+        stream_sarsa, 4, 2, start_e=0.0, end_e=0.0
+    )  # greedy: the action follows q
     obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
     state, _ = stream_sarsa.start(jax.random.PRNGKey(0), obs, **kw)
-    state = state._replace(params=from_np(random_params(kw["unravel"], state.params, 3), ravel=True))
+    state = state._replace(
+        params=from_np(random_params(kw["unravel"], state.params, 3), ravel=True)
+    )
     next_obs, reset_obs = np.full(4, 5.0, np.float32), np.full(4, -5.0, np.float32)
-    new_state, out = stream_sarsa.train_step(state, next_obs, np.float32(1.0), True, reset_obs, **kw)
+    new_state, out = stream_sarsa.train_step(
+        state, next_obs, np.float32(1.0), True, reset_obs, **kw
+    )
     seen = np.stack([obs, next_obs, reset_obs]).astype(np.float64)
     reset_x = np.append((reset_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5)
     np.testing.assert_allclose(new_state.norm_obs, reset_x, rtol=1e-4, atol=1e-4)
-    q_reset = np.asarray(kw["q_network"].apply(kw["unravel"](new_state.params), jnp.asarray(reset_x, jnp.float32)))
+    q_reset = np.asarray(
+        kw["q_network"].apply(kw["unravel"](new_state.params), jnp.asarray(reset_x, jnp.float32))
+    )
     assert int(out[0]) == int(np.argmax(q_reset)) == int(new_state.action)
 
 
 @pytest.mark.parametrize("module", [stream_q, stream_ac_continuous])
 def test_a_nan_in_one_agents_weights_leaves_the_other_agents_updates_unchanged(module):
-    # a batch of N is N independent runs: the vmapped step must not mix agents, not even through a NaN
+    # a batch of N is N independent runs: the vmapped step must not mix agents, not even through a
+    # NaN
     obs_dim = 3
     _, kw = make_kwargs(module, obs_dim, 2)
     keys = jnp.stack([jax.random.PRNGKey(i) for i in range(3)])
@@ -482,8 +593,12 @@ def test_a_nan_in_one_agents_weights_leaves_the_other_agents_updates_unchanged(m
     obs = rng.normal(size=(3, obs_dim)).astype(np.float32)
     state, _ = jax.vmap(partial(module.start, **kw))(keys, obs)
     step_fn = jax.jit(jax.vmap(partial(module.train_step, **kw)))
-    inputs = (rng.normal(size=(3, obs_dim)).astype(np.float32), np.ones(3, np.float32), np.zeros(3, bool),
-              rng.normal(size=(3, obs_dim)).astype(np.float32))
+    inputs = (
+        rng.normal(size=(3, obs_dim)).astype(np.float32),
+        np.ones(3, np.float32),
+        np.zeros(3, bool),
+        rng.normal(size=(3, obs_dim)).astype(np.float32),
+    )
     name = "params" if module is stream_q else "value_params"
     poisoned = state._replace(**{name: getattr(state, name).at[1].set(jnp.nan)})
     clean_state, clean_out = step_fn(state, *inputs)

@@ -1,5 +1,6 @@
 """stream_q_minatar.py and stream_q_atari.py: conv networks, preprocessing, the frame stack and
 the life-loss rule, against NumPy references written here."""
+
 import math
 from functools import partial
 
@@ -25,16 +26,23 @@ def np_conv(x, kernel, bias, stride):
     out = np.empty((h, w, features))
     for i in range(h):
         for j in range(w):
-            out[i, j] = np.tensordot(x[i * stride:i * stride + kh, j * stride:j * stride + kw], kernel, 3) + bias
+            out[i, j] = (
+                np.tensordot(
+                    x[i * stride : i * stride + kh, j * stride : j * stride + kw], kernel, 3
+                )
+                + bias
+            )
     return out
 
 
 def np_q(p, x, strides):
-    """NumPy Q-network: convs -> LayerNorm over the whole map -> leaky_relu, flatten (H, W, C order),
-    dense -> LayerNorm -> leaky_relu, dense."""
+    """NumPy Q-network: convs -> LayerNorm over the whole map -> leaky_relu, flatten (H, W, C
+    order), dense -> LayerNorm -> leaky_relu, dense."""
     leaky_relu = lambda v: np.where(v > 0, v, 0.01 * v)  # noqa: E731
     for i, stride in enumerate(strides):
-        x = leaky_relu(np_layer_norm(np_conv(x, p[f"Conv_{i}/kernel"], p[f"Conv_{i}/bias"], stride)))
+        x = leaky_relu(
+            np_layer_norm(np_conv(x, p[f"Conv_{i}/kernel"], p[f"Conv_{i}/bias"], stride))
+        )
     x = leaky_relu(np_layer_norm(x.reshape(-1) @ p["Dense_0/kernel"] + p["Dense_0/bias"]))
     return x @ p["Dense_1/kernel"] + p["Dense_1/bias"]
 
@@ -42,7 +50,9 @@ def np_q(p, x, strides):
 def random_params(module, hidden_size, seed=1, scale=0.3):
     net = module.QNetwork(3, hidden_size)
     p = to_np(net.init(jax.random.PRNGKey(0), jnp.zeros(INPUTS[module])))
-    return net, {k: np.random.default_rng(seed).normal(0, scale, size=v.shape) for k, v in p.items()}
+    return net, {
+        k: np.random.default_rng(seed).normal(0, scale, size=v.shape) for k, v in p.items()
+    }
 
 
 @pytest.mark.parametrize("module", [stream_q_minatar, stream_q_atari])
@@ -60,8 +70,12 @@ def test_conv_layer_norm_is_over_the_whole_map_not_per_channel():
     x = np.random.default_rng(0).normal(size=(10, 10, 4))
     conv = np_conv(x, p["Conv_0/kernel"], p["Conv_0/bias"], 1)
     net = stream_q_minatar.QNetwork(3, 8)
-    features = net.apply(from_np(p), jnp.asarray(x, jnp.float32), capture_intermediates=True,
-                         mutable=["intermediates"])[1]["intermediates"]["LayerNorm_0"]["__call__"][0]
+    features = net.apply(
+        from_np(p),
+        jnp.asarray(x, jnp.float32),
+        capture_intermediates=True,
+        mutable=["intermediates"],
+    )[1]["intermediates"]["LayerNorm_0"]["__call__"][0]
     np.testing.assert_allclose(features, np_layer_norm(conv), rtol=1e-3, atol=1e-3)
     per_channel = (conv - conv.mean((0, 1))) / np.sqrt(conv.var((0, 1)) + 1e-5)
     assert not np.allclose(features, per_channel, atol=1e-2)
@@ -86,22 +100,33 @@ def test_per_pixel_observation_normaliser_without_time_feature(module):
     for t, x in enumerate(xs, start=1):
         stats, out = module.observe(stats, jnp.asarray(x, jnp.float32))
         var = np.ones((6, 5)) if t < 2 else xs[:t].var(axis=0, ddof=1)
-        np.testing.assert_allclose(out, (x - xs[:t].mean(0)) / np.sqrt(var + 1e-8), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            out, (x - xs[:t].mean(0)) / np.sqrt(var + 1e-8), rtol=1e-4, atol=1e-4
+        )
 
 
 @pytest.mark.parametrize("epsilon", [0.0, 1.0], ids=["greedy", "random"])
 def test_minatar_train_steps_against_numpy(epsilon):
-    # several consecutive steps from the start, an episode's end among them: the trace returned by one
+    # several consecutive steps from the start, an episode's end among them: the trace returned by
+    # one
     # call is carried into the next (decayed, added to, cut on done or after a non-greedy action)
     obs_shape, hidden_size = (10, 10, 1), 3
-    args = stream_q_minatar.Args(hidden_size=hidden_size, total_steps=1000, start_e=epsilon, end_e=epsilon)
-    kw = dict(q_network=stream_q_minatar.QNetwork(3, hidden_size), args=args,
-              optimizer=stream_q_minatar.obgd(args.lr, args.gamma, args.lamda, args.kappa))
+    args = stream_q_minatar.Args(
+        hidden_size=hidden_size, total_steps=1000, start_e=epsilon, end_e=epsilon
+    )
+    kw = dict(
+        q_network=stream_q_minatar.QNetwork(3, hidden_size),
+        args=args,
+        optimizer=stream_q_minatar.obgd(args.lr, args.gamma, args.lamda, args.kappa),
+    )
     rng = np.random.default_rng(0)
     frame = lambda: (rng.random(obs_shape) < 0.3).astype(np.float32)  # noqa: E731
     obs = frame()
     state, _ = stream_q_minatar.start(jax.random.PRNGKey(0), obs, **kw)
-    p = {k: np.random.default_rng(3).normal(0, 0.3, size=v.shape) for k, v in to_np(state.params).items()}
+    p = {
+        k: np.random.default_rng(3).normal(0, 0.3, size=v.shape)
+        for k, v in to_np(state.params).items()
+    }
     state = state._replace(params=from_np(p))
     trace = {k: np.zeros_like(v) for k, v in p.items()}
     seen, returns, u = [obs.astype(np.float64)], [], 0.0
@@ -121,12 +146,19 @@ def test_minatar_train_steps_against_numpy(epsilon):
         next_x = norm(next_obs)
         delta = r + args.gamma * q(p, next_x).max() * (1 - done) - q(p, x)[a]
         grads = numeric_grad(lambda p: -q(p, x)[a], p)
-        p, trace, step = np_obgd(p, trace, grads, delta, nongreedy or done, args.kappa, args.gamma, args.lamda)
+        p, trace, step = np_obgd(
+            p, trace, grads, delta, nongreedy or done, args.kappa, args.gamma, args.lamda
+        )
         assert float(out[2]) == pytest.approx(delta, rel=1e-3, abs=1e-3), t
         assert float(out[3]) == pytest.approx(step, rel=1e-3), t
-        for got, expected in ((to_np(new_state.params), p), (to_np(new_state.opt_state.eligibility_trace), trace)):
+        for got, expected in (
+            (to_np(new_state.params), p),
+            (to_np(new_state.opt_state.eligibility_trace), trace),
+        ):
             for k in p:
-                np.testing.assert_allclose(got[k], expected[k], rtol=2e-3, atol=2e-4, err_msg=f"step {t} {k}")
+                np.testing.assert_allclose(
+                    got[k], expected[k], rtol=2e-3, atol=2e-4, err_msg=f"step {t} {k}"
+                )
         if done:
             seen.append(reset_obs.astype(np.float64))
         x = norm(reset_obs) if done else next_x
@@ -138,8 +170,11 @@ def test_minatar_train_steps_against_numpy(epsilon):
 
 def atari_setup(hidden_size=4):
     args = stream_q_atari.Args(hidden_size=hidden_size, total_steps=1000)
-    kw = dict(q_network=stream_q_atari.QNetwork(3, hidden_size), args=args,
-              optimizer=stream_q_atari.obgd(args.lr, args.gamma, args.lamda, args.kappa))
+    kw = dict(
+        q_network=stream_q_atari.QNetwork(3, hidden_size),
+        args=args,
+        optimizer=stream_q_atari.obgd(args.lr, args.gamma, args.lamda, args.kappa),
+    )
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (84, 84)).astype(np.float32) for _ in range(3)]
     state, _ = stream_q_atari.start(jax.random.PRNGKey(0), frames[0], **kw)
@@ -153,17 +188,26 @@ def test_atari_act_keeps_q_and_the_gradient_of_the_action_it_picks():
     for start_e, key in ((0.0, 0), (1.0, 1), (1.0, 2)):  # greedy, then random actions
         args.start_e = args.end_e = start_e
         state = state._replace(params=from_np(p), key=jax.random.PRNGKey(key))
-        state, out = stream_q_atari.act(state, jnp.asarray(x, jnp.float32), q_network=net, args=args)
+        state, out = stream_q_atari.act(
+            state, jnp.asarray(x, jnp.float32), q_network=net, args=args
+        )
         action, q_value, grads = int(out[0]), state.q_value, state.grads
         assert int(state.action) == action and float(out[1]) == start_e
         q = np_q(p, x, (5, 3, 2))
-        assert bool(state.nongreedy) == (action != int(np.argmax(q)))  # Watkins' flag, as act() stores it
+        assert bool(state.nongreedy) == (
+            action != int(np.argmax(q))
+        )  # Watkins' flag, as act() stores it
         np.testing.assert_allclose(state.frames, x, rtol=1e-6)
         q = np_q(p, x, (5, 3, 2))
         assert float(q_value) == pytest.approx(q[int(action)], rel=1e-3, abs=1e-3)
         grads = to_np(grads)
         rng = np.random.default_rng(key)
-        for name in ("Conv_0/kernel", "Conv_2/kernel", "Dense_0/kernel", "Dense_1/bias"):  # spot checks
+        for name in (
+            "Conv_0/kernel",
+            "Conv_2/kernel",
+            "Dense_0/kernel",
+            "Dense_1/bias",
+        ):  # spot checks
             for _ in range(3):
                 index = tuple(rng.integers(0, n) for n in p[name].shape)
                 old, h = p[name][index], 1e-5
@@ -172,16 +216,22 @@ def test_atari_act_keeps_q_and_the_gradient_of_the_action_it_picks():
                 p[name][index] = old - h
                 minus = np_q(p, x, (5, 3, 2))[int(action)]
                 p[name][index] = old
-                assert grads[name][index] == pytest.approx(-(plus - minus) / (2 * h), rel=2e-2, abs=1e-4)
+                assert grads[name][index] == pytest.approx(
+                    -(plus - minus) / (2 * h), rel=2e-2, abs=1e-4
+                )
 
 
 @pytest.mark.parametrize("done,game_over", [(False, False), (True, False), (True, True)])
 def test_atari_life_loss_cuts_bootstrap_and_traces_but_keeps_the_game(done, game_over):
     args, kw, (first, frame, reset_frame), state = atari_setup()
-    state = state._replace(opt_state=state.opt_state._replace(
-        eligibility_trace=jax.tree.map(jnp.ones_like, state.params)))
-    new_state, out = stream_q_atari.train_step(state, frame, np.float32(1.0), done, reset_frame if game_over else frame,
-                                               game_over, **kw)
+    state = state._replace(
+        opt_state=state.opt_state._replace(
+            eligibility_trace=jax.tree.map(jnp.ones_like, state.params)
+        )
+    )
+    new_state, out = stream_q_atari.train_step(
+        state, frame, np.float32(1.0), done, reset_frame if game_over else frame, game_over, **kw
+    )
     # the next frame is normalised with the statistics of both frames and pushed onto the stack
     seen = np.stack([first, frame]).astype(np.float64)
     pushed = (frame - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8)
@@ -194,7 +244,9 @@ def test_atari_life_loss_cuts_bootstrap_and_traces_but_keeps_the_game(done, game
     if game_over:  # the env was reset: the stack restarts from 4 copies of its first frame
         seen = np.stack([first, frame, reset_frame]).astype(np.float64)
         restart = (reset_frame - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8)
-        np.testing.assert_allclose(new_state.frames, np.repeat(restart[..., None], 4, -1), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            new_state.frames, np.repeat(restart[..., None], 4, -1), rtol=1e-4, atol=1e-4
+        )
         assert int(new_state.obs_stats.count) == 3
     else:  # a lost life (or no event): the game goes on from the pushed frame
         np.testing.assert_allclose(new_state.frames, next_frames, rtol=1e-4, atol=1e-4)
@@ -213,8 +265,16 @@ def test_atari_preprocessing_shapes_and_dtypes():
     assert state.frames.shape == (84, 84, 4) and state.frames.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("game,channels,actions", [("Asterix", 4, 5), ("Breakout", 4, 3), ("Freeway", 7, 3),
-                                                   ("Seaquest", 10, 6), ("SpaceInvaders", 6, 4)])
+@pytest.mark.parametrize(
+    "game,channels,actions",
+    [
+        ("Asterix", 4, 5),
+        ("Breakout", 4, 3),
+        ("Freeway", 7, 3),
+        ("Seaquest", 10, 6),
+        ("SpaceInvaders", 6, 4),
+    ],
+)
 def test_minatar_envs_are_registered_with_their_shapes(game, channels, actions):
     env = stream_q_minatar.make_env(f"MinAtar/{game}-v1")
     obs, _ = env.reset(seed=0)

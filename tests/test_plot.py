@@ -1,4 +1,5 @@
 """plot.py on real runs and on synthetic events, against a NumPy computation written here."""
+
 import os
 
 import numpy as np
@@ -25,7 +26,9 @@ def test_plot_of_real_runs_of_two_scripts_with_two_seeds(tmp_path):
             result = run_script(script, "--total-steps", "3000", "--seed", seed, cwd=tmp_path)
             assert result.returncode == 0, result.stderr
     runs = sorted(os.listdir(tmp_path / "runs"))
-    groups = {plot.read_run(str(tmp_path / "runs" / run), "charts/episodic_return")[:2] for run in runs}
+    groups = {
+        plot.read_run(str(tmp_path / "runs" / run), "charts/episodic_return")[:2] for run in runs
+    }
     assert groups == {("CartPole-v1", "stream_q"), ("CartPole-v1", "stream_sarsa")}
 
     result = run_script("plot.py", "--out", "curves.png", cwd=tmp_path)
@@ -45,14 +48,23 @@ def test_plot_of_real_runs_of_two_scripts_with_two_seeds(tmp_path):
 
 def test_binning_mean_and_standard_error_match_numpy(tmp_path):
     rng = np.random.default_rng(0)
-    runs = {f"Env-v0__algo__{seed}__1": sorted((int(s), float(rng.normal(s / 10, 3)))
-                                               for s in rng.choice(np.arange(1, 100), 25, replace=False))
-            for seed in range(3)}
+    runs = {
+        f"Env-v0__algo__{seed}__1": sorted(
+            (int(s), float(rng.normal(s / 10, 3)))
+            for s in rng.choice(np.arange(1, 100), 25, replace=False)
+        )
+        for seed in range(3)
+    }
     runs["Env-v0__algo__3__1"] = [(5, 1.0), (95, 2.0)]  # a run with empty windows in between
     make_event_runs(tmp_path, runs)
-    loaded = [plot.read_run(str(tmp_path / "runs" / name), "charts/episodic_return") for name in sorted(runs)]
+    loaded = [
+        plot.read_run(str(tmp_path / "runs" / name), "charts/episodic_return")
+        for name in sorted(runs)
+    ]
     assert all(run[:2] == ("Env-v0", "algo") for run in loaded)
-    centres, mean, stderr, n = plot.bin_runs([(steps, values) for _, _, steps, _, values in loaded], 10)
+    centres, mean, stderr, n = plot.bin_runs(
+        [(steps, values) for _, _, steps, _, values in loaded], 10
+    )
 
     window, expected, last = 10, [], {}
     for k in range(1, 11):  # window k is ((k-1)*10, k*10]
@@ -80,12 +92,19 @@ def test_default_window_is_a_round_fraction_of_the_run():
     assert plot.nice_window(5_000_000) == 100_000
 
 
-@pytest.mark.parametrize("setup,flags,words", [
-    ("empty", [], ["no TensorBoard runs", "--runs-dir"]),
-    ("runs", ["--tag", "charts/nope"], ["charts/nope"]),
-    ("runs", ["--out", "no/such/folder/curves.png"], ["cannot write", "--out", "no/such/folder/curves.png"]),
-    ("runs", ["--x", "time"], ["--x", "step", "wall"]),
-])
+@pytest.mark.parametrize(
+    "setup,flags,words",
+    [
+        ("empty", [], ["no TensorBoard runs", "--runs-dir"]),
+        ("runs", ["--tag", "charts/nope"], ["charts/nope"]),
+        (
+            "runs",
+            ["--out", "no/such/folder/curves.png"],
+            ["cannot write", "--out", "no/such/folder/curves.png"],
+        ),
+        ("runs", ["--x", "time"], ["--x", "step", "wall"]),
+    ],
+)
 def test_errors_are_one_line(setup, flags, words, tmp_path):
     (tmp_path / "runs").mkdir()
     if setup == "runs":

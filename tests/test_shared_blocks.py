@@ -1,6 +1,7 @@
 """The blocks the scripts share read word for word the same in every file that has them, so that
 `diff stream_q.py stream_sarsa.py` shows only what differs between the algorithms. Behaviour of a
 shared block is then tested on one script (the others run the same text)."""
+
 import difflib
 import inspect
 
@@ -13,8 +14,20 @@ import stream_q_atari
 import stream_q_minatar
 import stream_sarsa
 
-ALL = [stream_q, stream_sarsa, stream_ac_discrete, stream_ac_continuous, stream_q_minatar, stream_q_atari]
-FLAT = [stream_q, stream_sarsa, stream_ac_discrete, stream_ac_continuous]  # flat observations, time feature
+ALL = [
+    stream_q,
+    stream_sarsa,
+    stream_ac_discrete,
+    stream_ac_continuous,
+    stream_q_minatar,
+    stream_q_atari,
+]
+FLAT = [
+    stream_q,
+    stream_sarsa,
+    stream_ac_discrete,
+    stream_ac_continuous,
+]  # flat observations, time feature
 
 # name -> the modules in which it must read the same
 SHARED = {
@@ -29,8 +42,13 @@ SHARED = {
 # lines of each script's `__main__` block that differ from stream_q's (networks, optimisers, action
 # decoding, the spaces checked, the diagnostics' tags, Atari's lives): the run's skeleton (flags,
 # envs, seeding, logging, saving) is the same text
-MAIN_DIFFERS_FROM_STREAM_Q = {stream_sarsa: 0, stream_ac_discrete: 27, stream_ac_continuous: 41,
-                              stream_q_minatar: 10, stream_q_atari: 22}
+MAIN_DIFFERS_FROM_STREAM_Q = {
+    stream_sarsa: 0,
+    stream_ac_discrete: 27,
+    stream_ac_continuous: 41,
+    stream_q_minatar: 10,
+    stream_q_atari: 22,
+}
 
 
 @pytest.mark.parametrize("name", SHARED)
@@ -39,8 +57,15 @@ def test_shared_block_is_the_same_text_in_every_script(name):
     first = inspect.getsource(getattr(modules[0], name))
     for module in modules[1:]:
         other = inspect.getsource(getattr(module, name))
-        assert other == first, "\n".join(difflib.unified_diff(first.splitlines(), other.splitlines(),
-                                                               modules[0].__name__, module.__name__, lineterm=""))
+        assert other == first, "\n".join(
+            difflib.unified_diff(
+                first.splitlines(),
+                other.splitlines(),
+                modules[0].__name__,
+                module.__name__,
+                lineterm="",
+            )
+        )
 
 
 def main_block(module):
@@ -49,6 +74,9 @@ def main_block(module):
 
 @pytest.mark.parametrize("module", MAIN_DIFFERS_FROM_STREAM_Q, ids=lambda module: module.__name__)
 def test_main_block_differs_from_stream_q_only_where_the_algorithm_does(module):
-    diff = [line for line in difflib.unified_diff(main_block(stream_q), main_block(module), lineterm="", n=0)
-            if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    diff = [
+        line
+        for line in difflib.unified_diff(main_block(stream_q), main_block(module), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
     assert len(diff) <= MAIN_DIFFERS_FROM_STREAM_Q[module], "\n".join(diff)
