@@ -1,7 +1,7 @@
 """Learning checks: real runs as a user would start them, several seeds in one process
 (--num-seeds), judged over the seeds from their TensorBoard logs. A streaming method is judged
 over seeds: one seed passes or fails with float rounding (another CPU, jaxlib or formula).
-Marked slow (about 5 minutes on 2 cores); CI runs them."""
+Marked slow (about 6 minutes on 2 cores); CI runs them."""
 
 import numpy as np
 import pytest
@@ -21,23 +21,36 @@ def mean_return(returns, low, high):
     return np.mean([value for step, value in returns if low < step <= high])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("script", ["stream_q.py", "stream_sarsa.py", "stream_ac_discrete.py"])
-def test_solves_cartpole_within_30k_steps_over_10_seeds(script, tmp_path):
-    # The PyTorch reference, seeds 0-9, 30k steps: reaches 1,000 on Q 6/10, SARSA 8/10, AC 6/10
-    # seeds
-    # (Q 7/9, SARSA 9/9, AC 8/9 on seeds 0-8); the median over seeds of the mean return over the
-    # last 10k steps is Q 1,351, SARSA 10,000, AC 2,402.
-    result = run_script(
-        script, "--env", "CartPole-v1", "--total-steps", "30000", "--num-seeds", "10", cwd=tmp_path
-    )
+def cartpole_over_10_seeds(tmp_path, script, *flags):
+    """({seed: best return}, {seed: mean return over (20k, 30k]}) of a 30k-step run of seeds 0-9."""
+    result = run_script(script, "--env", "CartPole-v1", "--total-steps", "30000", "--num-seeds", "10", *flags,
+                        cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     returns = returns_per_seed(tmp_path)
     assert sorted(returns) == list(range(10))
     best = {seed: max(value for _, value in r) for seed, r in returns.items()}
-    late = {seed: mean_return(r, 20_000, 30_000) for seed, r in returns.items()}
-    assert sum(value >= 1000 for value in best.values()) >= 7, best
+    return best, {seed: mean_return(r, 20_000, 30_000) for seed, r in returns.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["stream_q.py", "stream_sarsa.py", "stream_ac_discrete.py"])
+def test_solves_cartpole_within_30k_steps_over_10_seeds(script, tmp_path):
+    # The bars are ones the PyTorch reference meets on seeds 0-9 at 30k steps (measured 2026-12-01):
+    # it reaches 1,000 on Q 6/10, SARSA 10/10, AC 6/10 seeds, and its median over seeds of the mean
+    # return over (20k, 30k] is Q 1,351, SARSA 10,000, AC 2,402. This code on the same seeds (main,
+    # 2026-12-01): Q 10/10 and 1,322, SARSA 9/10 and 1,841, AC 10/10 and 10,000.
+    best, late = cartpole_over_10_seeds(tmp_path, script)
+    assert sum(value >= 1000 for value in best.values()) >= 6, best
     assert np.median(list(late.values())) >= 300, late
+
+
+@pytest.mark.slow
+def test_stream_q_with_adaptive_obgd_learns_cartpole_over_10_seeds(tmp_path):
+    # The reference's stream_q.py with AdaptiveObGD (its only change), seeds 0-9, 30k steps: 5/10 seeds
+    # reach 1,000, median late mean 71; this code with --optimizer adaptive: 6/10 and 213 (2026-12-01).
+    best, late = cartpole_over_10_seeds(tmp_path, "stream_q.py", "--optimizer", "adaptive")
+    assert sum(value >= 1000 for value in best.values()) >= 4, best
+    assert np.median(list(late.values())) >= 50, late
 
 
 @pytest.mark.slow
