@@ -23,8 +23,8 @@ def mean_return(returns, low, high):
 
 def cartpole_over_10_seeds(tmp_path, script, *flags):
     """({seed: best return}, {seed: mean return over (20k, 30k]}) of a 30k-step run of seeds 0-9."""
-    result = run_script(script, "--env", "CartPole-v1", "--total-steps", "30000", "--num-seeds", "10", *flags,
-                        cwd=tmp_path)
+    flags = ["--env", "CartPole-v1", "--total-steps", "30000", "--num-seeds", "10", *flags]
+    result = run_script(script, *flags, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     returns = returns_per_seed(tmp_path)
     assert sorted(returns) == list(range(10))
@@ -46,8 +46,9 @@ def test_solves_cartpole_within_30k_steps_over_10_seeds(script, tmp_path):
 
 @pytest.mark.slow
 def test_stream_q_with_adaptive_obgd_learns_cartpole_over_10_seeds(tmp_path):
-    # The reference's stream_q.py with AdaptiveObGD (its only change), seeds 0-9, 30k steps: 5/10 seeds
-    # reach 1,000, median late mean 71; this code with --optimizer adaptive: 6/10 and 213 (2026-12-01).
+    # The reference's stream_q.py with AdaptiveObGD (its only change), seeds 0-9, 30k steps: 5/10
+    # seeds reach 1,000, median late mean 71; this code with --optimizer adaptive: 6/10 and 213
+    # (2026-12-01).
     best, late = cartpole_over_10_seeds(tmp_path, "stream_q.py", "--optimizer", "adaptive")
     assert sum(value >= 1000 for value in best.values()) >= 4, best
     assert np.median(list(late.values())) >= 50, late
