@@ -250,9 +250,8 @@ def start(key, obs, *, actor, critic, unravel_policy, unravel_value, policy_opti
     key_policy, key_value, key = jax.random.split(key, 3)
     policy_params = ravel_pytree(actor.init(key_policy, jnp.zeros(obs.shape[-1] + 1)))[0]
     value_params = ravel_pytree(critic.init(key_value, jnp.zeros(obs.shape[-1] + 1)))[0]
-    zero = jnp.float32(0.0)
-    stats, norm_obs = observe(RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), zero), obs, 0,
-                              time_limit)
+    zero, zeros = jnp.float32(0.0), jnp.zeros_like(obs)
+    stats, norm_obs = observe(RunningStats(zeros, zeros, zero), obs, 0, time_limit)
     state = AgentState(policy_params, value_params, policy_optimizer.init(policy_params),
                        value_optimizer.init(value_params), stats, RunningStats(zero, zero, zero),
                        zero, None, None, jnp.int32(0), jnp.int32(0), key)
@@ -271,7 +270,7 @@ if __name__ == "__main__":
     try:  # one env per agent, reset in the step that ends an episode (SAME_STEP)
         envs = gym.vector.SyncVectorEnv(
             [partial(make_env, args.env, video if i == 0 else None) for i in range(args.num_seeds)],
-            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, copy=False)
     except gym.error.Error as e:
         sys.exit(f"error: --env {args.env!r} cannot be made: {str(e).splitlines()[0]}")
     action_space, observation_space = envs.single_action_space, envs.single_observation_space
@@ -306,7 +305,7 @@ if __name__ == "__main__":
     obs = np.asarray(envs.reset(seed=seeds)[0], np.float32)
 
     # One jitted call per env step updates every agent and returns its next action; the state is
-    # donated. Agents share the call's cost (vmap); one agent runs unbatched (faster XLA code).
+    # donated. Agents share a call's cost (vmap); one agent's state has no agent axis (faster code).
     actor, critic = Actor(action_space.n, args.hidden_size), Critic(args.hidden_size)
     optimizer = partial(obgd, args.lr, args.gamma, args.lamda, adaptive=args.optimizer != "obgd")
     kwargs = dict(actor=actor, critic=critic, policy_optimizer=optimizer(args.kappa_policy),
@@ -314,10 +313,11 @@ if __name__ == "__main__":
                   unravel_policy=ravel_pytree(actor.init(keys[0], jnp.zeros(obs.shape[-1] + 1)))[1],
                   unravel_value=ravel_pytree(critic.init(keys[0], jnp.zeros(obs.shape[-1] + 1)))[1],
                   time_limit=envs.get_attr("spec")[0].max_episode_steps)
-    batch = jax.vmap if args.num_seeds > 1 else lambda f: lambda *xs: jax.tree.map(
-        lambda y: y[None], f(*jax.tree.map(lambda x: x[0], xs)))
+    batch = jax.vmap if args.num_seeds > 1 else lambda f: lambda state, *xs: (lambda s, out: (
+        s, out[None]))(*f(state, *(x[0] for x in xs)))
     step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)
-    state, out = jax.jit(batch(partial(start, **kwargs)))(keys, obs)
+    state, out = jax.jit(jax.vmap(partial(start, **kwargs)))(keys, obs)
+    state = state if args.num_seeds > 1 else jax.tree.map(lambda x: x[0], state)
     action = np.asarray(out)[:, 0].astype(np.int64)
 
     start_time = time.time()
@@ -363,7 +363,8 @@ if __name__ == "__main__":
             closable.close()
     for i, run_name in enumerate(run_names if args.save_model else []):
         with open(f"runs/{run_name}/{args.exp_name}.cleanrl_model", "wb") as f:
-            f.write(flax.serialization.to_bytes(jax.tree.map(lambda x: x[i], state)))
+            agent = jax.tree.map(lambda x: x[i], state) if args.num_seeds > 1 else state
+            f.write(flax.serialization.to_bytes(agent))
     if args.track and args.capture_video:
         for name in sorted(os.listdir(video)):
             wandb.log({"videos": wandb.Video(f"{video}/{name}")})

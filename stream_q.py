@@ -228,9 +228,8 @@ def start(key, obs, *, q_network, unravel, optimizer, args: Args, time_limit: in
     """A new agent acting in the reset observation obs (obs_dim,) raw; returns as train_step."""
     key_init, key = jax.random.split(key)
     params = ravel_pytree(q_network.init(key_init, jnp.zeros(obs.shape[-1] + 1)))[0]
-    zero = jnp.float32(0.0)
-    obs_stats, norm_obs = observe(RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), zero), obs,
-                                  0, time_limit)
+    zero, zeros = jnp.float32(0.0), jnp.zeros_like(obs)
+    obs_stats, norm_obs = observe(RunningStats(zeros, zeros, zero), obs, 0, time_limit)
     state = AgentState(params, optimizer.init(params), obs_stats, RunningStats(zero, zero, zero),
                        zero, None, None, None, jnp.int32(0), jnp.int32(0), key)
     state, out = act(state, norm_obs, q_network.apply(unravel(params), norm_obs), args)
@@ -248,7 +247,7 @@ if __name__ == "__main__":
     try:  # one env per agent, reset in the step that ends an episode (SAME_STEP)
         envs = gym.vector.SyncVectorEnv(
             [partial(make_env, args.env, video if i == 0 else None) for i in range(args.num_seeds)],
-            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, copy=False)
     except gym.error.Error as e:
         sys.exit(f"error: --env {args.env!r} cannot be made: {str(e).splitlines()[0]}")
     action_space, observation_space = envs.single_action_space, envs.single_observation_space
@@ -283,16 +282,17 @@ if __name__ == "__main__":
     obs = np.asarray(envs.reset(seed=seeds)[0], np.float32)
 
     # One jitted call per env step updates every agent and returns its next action; the state is
-    # donated. Agents share the call's cost (vmap); one agent runs unbatched (faster XLA code).
+    # donated. Agents share a call's cost (vmap); one agent's state has no agent axis (faster code).
     q_network = QNetwork(action_space.n, args.hidden_size)
     unravel = ravel_pytree(q_network.init(keys[0], np.zeros(obs.shape[-1] + 1, np.float32)))[1]
     optimizer = obgd(args.lr, args.gamma, args.lamda, args.kappa, args.optimizer == "adaptive")
     kwargs = dict(q_network=q_network, unravel=unravel, optimizer=optimizer, args=args,
                   time_limit=envs.get_attr("spec")[0].max_episode_steps)
-    batch = jax.vmap if args.num_seeds > 1 else lambda f: lambda *xs: jax.tree.map(
-        lambda y: y[None], f(*jax.tree.map(lambda x: x[0], xs)))
+    batch = jax.vmap if args.num_seeds > 1 else lambda f: lambda state, *xs: (lambda s, out: (
+        s, out[None]))(*f(state, *(x[0] for x in xs)))
     step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)
-    state, out = jax.jit(batch(partial(start, **kwargs)))(keys, obs)
+    state, out = jax.jit(jax.vmap(partial(start, **kwargs)))(keys, obs)
+    state = state if args.num_seeds > 1 else jax.tree.map(lambda x: x[0], state)
     action = np.asarray(out)[:, 0].astype(np.int64)
 
     start_time = time.time()
@@ -339,7 +339,8 @@ if __name__ == "__main__":
             closable.close()
     for i, run_name in enumerate(run_names if args.save_model else []):
         with open(f"runs/{run_name}/{args.exp_name}.cleanrl_model", "wb") as f:
-            f.write(flax.serialization.to_bytes(jax.tree.map(lambda x: x[i], state)))
+            agent = jax.tree.map(lambda x: x[i], state) if args.num_seeds > 1 else state
+            f.write(flax.serialization.to_bytes(agent))
     if args.track and args.capture_video:
         for name in sorted(os.listdir(video)):
             wandb.log({"videos": wandb.Video(f"{video}/{name}")})

@@ -67,9 +67,8 @@ class FireOnReset(gym.Wrapper):
 
 def make_env(env_id: str, video_dir: str | None = None) -> gym.Env:
     """ALE env (its own frame skip off) -> no-op reset (<= 30), frame skip 4 with max-pool, 84x84
-    grayscale -> FIRE on reset -> full-game episode statistics; with a video_dir, RecordVideo films
-    games 0, 1, 8, 27, ... into it. Observations (84, 84) uint8; info["lives"] the lives left.
-    Raises gym.error.Error for an id that is not an ALE env."""
+    grayscale -> FIRE on reset -> full-game episode statistics. Observations (84, 84) uint8,
+    info["lives"] the lives left; gym.error.Error for an id that is not an ALE env."""
     gym.register_envs(ale_py)
     skip_off = {"frameskip": 1} if gym.spec(env_id).kwargs.get("frameskip", 1) != 1 else {}  # v5
     env = gym.make(env_id, **({"render_mode": "rgb_array"} if video_dir else {}), **skip_off)
@@ -217,10 +216,9 @@ def act(state: AgentState, frames, *, q_network, args: Args):
 
 def train_step(state: AgentState, next_obs, reward, done, reset_obs, game_over, *, q_network,
                optimizer, args: Args):
-    """One env step of Stream Q(λ): learn from (s, a, r, s', done), then act in the frames with
-    next_obs pushed on, or in 4 copies of reset_obs if game_over (terminated or truncated: the env
-    was reset). Frames (84, 84) float32 raw; reward float32; done bool (a life lost or game_over).
-    Returns (state, out = [action, epsilon, δ, ObGD step size] float32, the only host transfer)."""
+    """One env step of Stream Q(λ): learn from (s, a, r, s', done; done: a life lost or game over),
+    then act in the frames with next_obs (84, 84) raw pushed on, or in 4 copies of reset_obs if
+    game_over (the env was reset). Returns (state, [action, epsilon, δ, ObGD step size] float32)."""
     done = jnp.asarray(done, jnp.float32)
     state = state._replace(global_step=state.global_step + 1)  # this step's, for act()
     obs_stats, norm_next_obs = observe(state.obs_stats, next_obs)
@@ -252,8 +250,8 @@ def start(key, obs, *, q_network, optimizer, args: Args):
     """A new agent acting in 4 copies of the reset frame obs (84, 84) raw; returns as train_step."""
     key_init, key = jax.random.split(key)
     params = q_network.init(key_init, jnp.zeros((*obs.shape, 4)))
-    zero = jnp.float32(0.0)
-    obs_stats, norm_obs = observe(RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), zero), obs)
+    zero, zeros = jnp.float32(0.0), jnp.zeros_like(obs)
+    obs_stats, norm_obs = observe(RunningStats(zeros, zeros, zero), obs)
     state = AgentState(params, optimizer.init(params), obs_stats, RunningStats(zero, zero, zero),
                        zero, None, None, None, None, None, jnp.int32(0), key)
     state, out = act(state, jnp.repeat(norm_obs[..., None], 4, axis=-1), q_network=q_network,
@@ -272,7 +270,7 @@ if __name__ == "__main__":
     try:  # one env per agent, reset in the step that ends an episode (SAME_STEP)
         envs = gym.vector.SyncVectorEnv(
             [partial(make_env, args.env, video if i == 0 else None) for i in range(args.num_seeds)],
-            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, copy=False)
     except gym.error.Error as e:
         sys.exit(f"error: --env {args.env!r} cannot be made: {str(e).splitlines()[0]}")
     action_space, observation_space = envs.single_action_space, envs.single_observation_space
@@ -307,14 +305,15 @@ if __name__ == "__main__":
     obs, lives = np.asarray(obs, np.float32), info["lives"]
 
     # One jitted call per env step updates every agent and returns its next action; the state is
-    # donated. Agents share the call's cost (vmap); one agent runs unbatched (faster XLA code).
+    # donated. Agents share a call's cost (vmap); one agent's state has no agent axis (faster code).
     q_network = QNetwork(action_space.n, args.hidden_size)
     optimizer = obgd(args.lr, args.gamma, args.lamda, args.kappa, args.optimizer == "adaptive")
     kwargs = dict(q_network=q_network, optimizer=optimizer, args=args)
-    batch = jax.vmap if args.num_seeds > 1 else lambda f: lambda *xs: jax.tree.map(
-        lambda y: y[None], f(*jax.tree.map(lambda x: x[0], xs)))
+    batch = jax.vmap if args.num_seeds > 1 else lambda f: lambda state, *xs: (lambda s, out: (
+        s, out[None]))(*f(state, *(x[0] for x in xs)))
     step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)
-    state, out = jax.jit(batch(partial(start, **kwargs)))(keys, obs)
+    state, out = jax.jit(jax.vmap(partial(start, **kwargs)))(keys, obs)
+    state = state if args.num_seeds > 1 else jax.tree.map(lambda x: x[0], state)
     action = np.asarray(out)[:, 0].astype(np.int64)
 
     start_time = time.time()
@@ -363,7 +362,8 @@ if __name__ == "__main__":
             closable.close()
     for i, run_name in enumerate(run_names if args.save_model else []):
         with open(f"runs/{run_name}/{args.exp_name}.cleanrl_model", "wb") as f:
-            f.write(flax.serialization.to_bytes(jax.tree.map(lambda x: x[i], state)))
+            agent = jax.tree.map(lambda x: x[i], state) if args.num_seeds > 1 else state
+            f.write(flax.serialization.to_bytes(agent))
     if args.track and args.capture_video:
         for name in sorted(os.listdir(video)):
             wandb.log({"videos": wandb.Video(f"{video}/{name}")})

@@ -63,8 +63,7 @@ class RenderUpscaled(gym.Wrapper):
 
 
 def make_env(env_id: str, video_dir: str | None = None) -> gym.Env:
-    """MinAtar env (sticky actions 0.1, difficulty ramping, no time limit) with episode statistics;
-    with a video_dir, gymnasium's RecordVideo films episodes 0, 1, 8, 27, ... into it."""
+    """MinAtar env (sticky actions 0.1, difficulty ramping, no time limit), episode statistics."""
     if env_id.startswith("MinAtar/") and env_id not in gym.registry:
         minatar.gym.register_envs()  # minatar does not register them on import under gymnasium 1.x
     env = gym.make(env_id, **({"render_mode": "rgb_array"} if video_dir else {}))
@@ -94,9 +93,8 @@ def sparse_init(sparsity: float = 0.9):
 
 
 class QNetwork(nn.Module):
-    """(..., 10, 10, C) float32 -> Q-values (..., n_actions) (reference stream_q_minatar.py): conv
-    16 3x3 valid -> LayerNorm over all of 8x8x16 -> leaky_relu -> flatten -> dense -> LayerNorm ->
-    leaky_relu -> dense; the LayerNorms have no scale or bias."""
+    """(..., 10, 10, C) float32 -> Q-values (..., n_actions), as in the reference: conv 16 3x3 valid
+    -> LayerNorm -> leaky_relu -> flatten -> dense -> LayerNorm -> leaky_relu -> dense."""
 
     n_actions: int
     hidden_size: int = 128
@@ -237,8 +235,8 @@ def start(key, obs, *, q_network, optimizer, args: Args):
     """A new agent acting in the reset observation obs (10, 10, C) raw; returns as train_step."""
     key_init, key = jax.random.split(key)
     params = q_network.init(key_init, jnp.zeros(obs.shape))
-    zero = jnp.float32(0.0)
-    obs_stats, norm_obs = observe(RunningStats(jnp.zeros_like(obs), jnp.zeros_like(obs), zero), obs)
+    zero, zeros = jnp.float32(0.0), jnp.zeros_like(obs)
+    obs_stats, norm_obs = observe(RunningStats(zeros, zeros, zero), obs)
     state = AgentState(params, optimizer.init(params), obs_stats, RunningStats(zero, zero, zero),
                        zero, None, None, None, jnp.int32(0), key)
     state, out = act(state, norm_obs, q_network.apply(params, norm_obs), args)
@@ -256,7 +254,7 @@ if __name__ == "__main__":
     try:  # one env per agent, reset in the step that ends an episode (SAME_STEP)
         envs = gym.vector.SyncVectorEnv(
             [partial(make_env, args.env, video if i == 0 else None) for i in range(args.num_seeds)],
-            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, copy=False)
     except gym.error.Error as e:
         sys.exit(f"error: --env {args.env!r} cannot be made: {str(e).splitlines()[0]}")
     action_space, observation_space = envs.single_action_space, envs.single_observation_space
@@ -291,14 +289,15 @@ if __name__ == "__main__":
     obs = np.asarray(envs.reset(seed=seeds)[0], np.float32)
 
     # One jitted call per env step updates every agent and returns its next action; the state is
-    # donated. Agents share the call's cost (vmap); one agent runs unbatched (faster XLA code).
+    # donated. Agents share a call's cost (vmap); one agent's state has no agent axis (faster code).
     q_network = QNetwork(action_space.n, args.hidden_size)
     optimizer = obgd(args.lr, args.gamma, args.lamda, args.kappa, args.optimizer == "adaptive")
     kwargs = dict(q_network=q_network, optimizer=optimizer, args=args)
-    batch = jax.vmap if args.num_seeds > 1 else lambda f: lambda *xs: jax.tree.map(
-        lambda y: y[None], f(*jax.tree.map(lambda x: x[0], xs)))
+    batch = jax.vmap if args.num_seeds > 1 else lambda f: lambda state, *xs: (lambda s, out: (
+        s, out[None]))(*f(state, *(x[0] for x in xs)))
     step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)
-    state, out = jax.jit(batch(partial(start, **kwargs)))(keys, obs)
+    state, out = jax.jit(jax.vmap(partial(start, **kwargs)))(keys, obs)
+    state = state if args.num_seeds > 1 else jax.tree.map(lambda x: x[0], state)
     action = np.asarray(out)[:, 0].astype(np.int64)
 
     start_time = time.time()
@@ -345,7 +344,8 @@ if __name__ == "__main__":
             closable.close()
     for i, run_name in enumerate(run_names if args.save_model else []):
         with open(f"runs/{run_name}/{args.exp_name}.cleanrl_model", "wb") as f:
-            f.write(flax.serialization.to_bytes(jax.tree.map(lambda x: x[i], state)))
+            agent = jax.tree.map(lambda x: x[i], state) if args.num_seeds > 1 else state
+            f.write(flax.serialization.to_bytes(agent))
     if args.track and args.capture_video:
         for name in sorted(os.listdir(video)):
             wandb.log({"videos": wandb.Video(f"{video}/{name}")})

@@ -29,17 +29,23 @@ class TestEnv(gym.Env):
     def reset(self, seed=None, options=None):
         super().reset(seed=seed)
         self.seed = seed if self.seed is None else self.seed
-        return self.observation_space.sample(), {}
+        return self.observe(), {}
+    def observe(self):  # from the env's own generator, which reset(seed=...) seeds
+        box = self.observation_space
+        return self.np_random.uniform(box.low, box.high).astype(box.dtype)
     def step(self, action):
         self.t += 1
         nan = (self.nan_after is not None and self.t > self.nan_after
                and self.nan_seed in (None, self.seed))
         reward = float("nan") if nan else 1.0
-        return self.observation_space.sample(), reward, self.t % 20 == 0, False, {}
+        return self.observe(), reward, self.t % 20 == 0, False, {}
 
-for name, kwargs in [("Test/Nan-v0", dict(nan_after=100)),
+for name, kwargs in [("Test/Clean-v0", dict()), ("Test/Nan-v0", dict(nan_after=100)),
                      ("Test/NanSeed1-v0", dict(nan_after=100, nan_seed=1)),
                      ("TestNanContinuous-v0", dict(continuous=True, nan_after=100)),
+                     ("TestNanContinuousSeed1-v0", dict(continuous=True, nan_after=100,
+                                                        nan_seed=1)),
+                     ("Test/CleanContinuous-v0", dict(continuous=True)),
                      ("TestImage-v0", dict(image=(8, 8, 3))),
                      ("TestImageContinuous-v0", dict(image=(8, 8, 3), continuous=True)),
                      ("TestNanMinAtar-v0", dict(image=(10, 10, 4), nan_after=100))]:

@@ -580,31 +580,3 @@ def test_sarsa_first_action_of_an_episode_comes_from_the_reset_observation():
         kw["q_network"].apply(kw["unravel"](new_state.params), jnp.asarray(reset_x, jnp.float32))
     )
     assert int(out[0]) == int(np.argmax(q_reset)) == int(new_state.action)
-
-
-@pytest.mark.parametrize("module", [stream_q, stream_ac_continuous])
-def test_a_nan_in_one_agents_weights_leaves_the_other_agents_updates_unchanged(module):
-    # a batch of N is N independent runs: the vmapped step must not mix agents, not even through a
-    # NaN
-    obs_dim = 3
-    _, kw = make_kwargs(module, obs_dim, 2)
-    keys = jnp.stack([jax.random.PRNGKey(i) for i in range(3)])
-    rng = np.random.default_rng(0)
-    obs = rng.normal(size=(3, obs_dim)).astype(np.float32)
-    state, _ = jax.vmap(partial(module.start, **kw))(keys, obs)
-    step_fn = jax.jit(jax.vmap(partial(module.train_step, **kw)))
-    inputs = (
-        rng.normal(size=(3, obs_dim)).astype(np.float32),
-        np.ones(3, np.float32),
-        np.zeros(3, bool),
-        rng.normal(size=(3, obs_dim)).astype(np.float32),
-    )
-    name = "params" if module is stream_q else "value_params"
-    poisoned = state._replace(**{name: getattr(state, name).at[1].set(jnp.nan)})
-    clean_state, clean_out = step_fn(state, *inputs)
-    bad_state, bad_out = step_fn(poisoned, *inputs)
-    assert not np.isfinite(np.asarray(bad_out[1])).all()  # agent 1 is poisoned
-    for i in (0, 2):
-        np.testing.assert_array_equal(np.asarray(bad_out[i]), np.asarray(clean_out[i]))
-        for clean, bad in zip(jax.tree.leaves(clean_state), jax.tree.leaves(bad_state)):
-            np.testing.assert_array_equal(np.asarray(bad[i]), np.asarray(clean[i]))

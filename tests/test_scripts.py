@@ -271,6 +271,28 @@ def test_an_agent_in_a_batch_acts_and_learns_as_it_does_alone(script, steps, tmp
     assert not np.allclose(others[:, 0], batch) and not np.allclose(others[:, 1], batch)
 
 
+@pytest.mark.parametrize("script,env", [("stream_q.py", "Test/NanSeed1-v0"),
+                                        ("stream_ac_continuous.py", "TestNanContinuousSeed1-v0")])
+def test_a_nan_in_one_agent_leaves_the_other_agents_updates_unchanged(script, env, tmp_path):
+    # seed 1's env gives a NaN reward from its 101st step on, which makes that agent's TD error and
+    # weights NaN; seeds 0 and 2 must act and learn exactly as in a run of the same envs with no NaN
+    runs = {}
+    clean_env = "Test/CleanContinuous-v0" if "Continuous" in env else "Test/Clean-v0"
+    for name, env_id in (("nan", env), ("clean", clean_env)):
+        (tmp_path / name).mkdir()
+        flags = ["--env", env_id, "--total-steps", "150", "--num-seeds", "3"]
+        result = run_script(script, *flags, cwd=tmp_path / name, launcher=True,
+                            extra_env={"RECORD_CALLS": str(tmp_path / name / "record.pkl")})
+        with open(tmp_path / name / "record.pkl", "rb") as f:
+            runs[name] = np.stack(pickle.load(f)["outs"])  # (calls, agents, out)
+        assert (result.returncode != 0) == (name == "nan"), result.stderr
+    nan = runs["nan"]
+    clean = runs["clean"][: len(nan)]
+    assert len(nan) == 102  # start, then train_step up to the 101st, whose δ of agent 1 stops the run
+    assert not np.isfinite(nan[-1, 1]).all() and np.isfinite(nan[:-1]).all()
+    np.testing.assert_array_equal(nan[:, [0, 2]], clean[:, [0, 2]])
+
+
 def test_ctrl_c_ends_the_run_with_every_log_flushed(tmp_path):
     command = [sys.executable, os.path.join(ROOT, "stream_q.py"), "--num-seeds", "2", "--debug"]
     process = subprocess.Popen(
