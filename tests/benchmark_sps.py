@@ -26,8 +26,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# script -> (default env, steps to run); each script logs charts/SPS every 1,000 steps (5,000
-# before)
+# script -> (default env, steps to run); each script logs
+# charts/SPS every 1,000 steps (5,000 before)
 DEFAULTS = {
     "stream_q": ("CartPole-v1", 40_000),
     "stream_sarsa": ("CartPole-v1", 40_000),

@@ -157,8 +157,8 @@ def test_adaptive_obgd_against_the_references_optimiser_over_steps_with_a_reset(
 @pytest.mark.parametrize("module", [stream_q])
 def test_leaky_relu_has_torchs_gradient_at_zero(module):
     # sparse init zeroes every input weight when fan_in <= 9 (CartPole: 4 + 1), so first-layer units
-    # start at exactly 0, where jax.nn.leaky_relu's gradient is 1 and the reference's (torch) is
-    # 0.01
+    # start at exactly 0, where jax.nn.leaky_relu's gradient
+    # is 1 and the reference's (torch) is 0.01
     x = jnp.array([-2.0, -0.0, 0.0, 3.0])
     np.testing.assert_allclose(module.leaky_relu(x), [-0.02, 0.0, 0.0, 3.0], rtol=1e-6)
     np.testing.assert_allclose(
@@ -413,15 +413,15 @@ def test_actor_critic_train_steps_against_numpy(module):
             assert (
                 not any(np.any(z) for z in trace.values())
             ) == done  # zeroed at the episode's end only
-        # the next action is taken in the reset observation after a terminal step, its time feature
-        # -0.5
+        # the next action is taken in the reset observation after
+        # a terminal step, its time feature -0.5
         np.testing.assert_allclose(new_state.norm_obs, reference.x, rtol=1e-4, atol=1e-4)
         assert (
             int(new_state.episode_step) == reference.t
             and (float(new_state.norm_obs[-1]) == -0.5) == done
         )
-        # the action returned is the one stored, and it was drawn from the policy of that
-        # observation
+        # the action returned is the one stored, and it was
+        # drawn from the policy of that observation
         np.testing.assert_array_equal(
             np.asarray(out[:-3]), np.atleast_1d(np.asarray(new_state.action))
         )
@@ -495,8 +495,8 @@ def test_act_marks_a_random_action_nongreedy_only_when_it_differs_from_argmax_q(
         assert int(out[0]) == int(new_state.action)
         assert bool(new_state.nongreedy) == (int(new_state.action) != 1), i
         flags.append(bool(new_state.nongreedy))
-    # epsilon 0.5 with 3 actions: a random action half the time, a non-greedy one a third of the
-    # time
+    # epsilon 0.5 with 3 actions: a random action half the
+    # time, a non-greedy one a third of the time
     assert 0.2 < np.mean(flags) < 0.45
 
 

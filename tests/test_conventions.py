@@ -129,8 +129,8 @@ def test_dm_control_runs_and_saves(tmp_path):
 
 
 def test_dm_control_video_renders_headless(tmp_path, monkeypatch):
-    # 26 ms a frame in software (EGL): a part of the first episode, written when the run closes its
-    # env
+    # 26 ms a frame in software (EGL): a part of the first
+    # episode, written when the run closes its env
     monkeypatch.delenv("MUJOCO_GL", raising=False)  # the script picks EGL itself
     result = run_script(
         "stream_ac_continuous.py",

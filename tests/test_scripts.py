@@ -20,8 +20,8 @@ from conftest import (
     run_script,
 )
 
-# script -> (default env, steps for a smoke run); every env of seeds 0 and 1 ends an episode within
-# it
+# script -> (default env, steps for a smoke run); every env
+# of seeds 0 and 1 ends an episode within it
 SCRIPTS = {
     "stream_q.py": ("CartPole-v1", 300),
     "stream_sarsa.py": ("CartPole-v1", 300),
@@ -34,8 +34,8 @@ SCRIPTS = {
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_smoke_run_of_two_seeds_writes_the_expected_tags(script, tmp_path):
-    # a greedy Breakout agent may never press FIRE after a lost life: explore throughout the smoke
-    # run
+    # a greedy Breakout agent may never press FIRE after a
+    # lost life: explore throughout the smoke run
     explore = ["--exploration-fraction", "1.0"] if script == "stream_q_atari.py" else []
     result = run_script(
         script,
@@ -69,8 +69,8 @@ def test_sps_and_the_diagnostics_are_logged_every_1000_steps(tmp_path):
     for tag in ("charts/SPS", "losses/td_error", "charts/obgd_step_size"):
         assert [step for step, _ in scalars[tag]] == [1000, 2000, 3000]
     assert all(value > 0 for _, value in scalars["charts/SPS"])
-    # the diagnostics are the means of |δ| and of ObGD's step size over the steps since the last
-    # log:
+    # the diagnostics are the means of |δ| and of ObGD's step
+    # size over the steps since the last log:
     # out = [action, epsilon, δ, step size] of train_step calls 1..3000 (call 0 is start)
     outs = np.concatenate(recorded["outs"][1:])
     assert outs.shape == (3000, 4)
@@ -95,8 +95,8 @@ def test_same_seed_gives_identical_returns(script, tmp_path):
 
 
 def test_each_agents_jax_key_follows_its_seed(tmp_path):
-    # an env that ignores its seed: two agents' runs differ only through their JAX keys (weights,
-    # actions);
+    # an env that ignores its seed: two agents' runs differ only
+    # through their JAX keys (weights, actions);
     # every script builds the keys with the same line of __main__ (test_shared_blocks)
     returns = []
     for folder in (tmp_path / "a", tmp_path / "b"):
@@ -249,8 +249,8 @@ def test_non_finite_td_error_in_one_agent_names_its_seed_and_keeps_every_log(tmp
 
 @pytest.mark.parametrize("script,steps", [("stream_q.py", 300), ("stream_ac_continuous.py", 25)])
 def test_an_agent_in_a_batch_acts_and_learns_as_it_does_alone(script, steps, tmp_path):
-    # seed 6 as the middle agent of --num-seeds 3 --seed 5, and alone: the same actions, and the
-    # same
+    # seed 6 as the middle agent of --num-seeds 3 --seed 5,
+    # and alone: the same actions, and the same
     # TD errors up to float rounding (vmap, and the unbatched one-agent path, may round differently;
     # a continuous agent's actions carry that rounding on, and after about 30 steps it shows)
     runs = {}
@@ -383,8 +383,8 @@ def test_atari_life_loss_ends_the_episode_for_learning_only(tmp_path):
     assert result.returncode == 0, result.stderr
     recorded = pickle.loads(record.read_bytes())
     recorded["calls"] = recorded["calls"][1:]  # the first call is start(keys, obs)
-    # train_step(state, next_obs, reward, done, reset_obs, game_over), each argument (num_seeds,
-    # ...)
+    # train_step(state, next_obs, reward, done, reset_obs,
+    # game_over), each argument (num_seeds, ...)
     dones = [i for i, args in enumerate(recorded["calls"]) if args[2][0]]
     game_overs = [i for i, args in enumerate(recorded["calls"]) if args[4][0]]
     assert len(recorded["calls"]) == 200 and len(game_overs) >= 6
