@@ -288,7 +288,7 @@ def test_a_nan_in_one_agent_leaves_the_other_agents_updates_unchanged(script, en
         assert (result.returncode != 0) == (name == "nan"), result.stderr
     nan = runs["nan"]
     clean = runs["clean"][: len(nan)]
-    assert len(nan) == 102  # start, then train_step up to the 101st, whose δ of agent 1 stops the run
+    assert len(nan) == 102  # start, then train_step up to the 101st: agent 1's δ stops the run
     assert not np.isfinite(nan[-1, 1]).all() and np.isfinite(nan[:-1]).all()
     np.testing.assert_array_equal(nan[:, [0, 2]], clean[:, [0, 2]])
 
