@@ -80,3 +80,15 @@ def test_main_block_differs_from_stream_q_only_where_the_algorithm_does(module):
         if line[:1] in "+-" and not line.startswith(("+++", "---"))
     ]
     assert len(diff) <= MAIN_DIFFERS_FROM_STREAM_Q[module], "\n".join(diff)
+
+
+# the lesson's budget (non-blank lines) and width (columns) of each script
+BUDGET = {stream_q: 300, stream_sarsa: 300, stream_q_minatar: 300, stream_ac_discrete: 320,
+          stream_ac_continuous: 320, stream_q_atari: 320}
+
+
+@pytest.mark.parametrize("module", BUDGET, ids=lambda module: module.__name__)
+def test_each_script_is_within_its_line_budget_at_100_columns(module):
+    lines = inspect.getsource(module).splitlines()
+    assert sum(1 for line in lines if line.strip()) <= BUDGET[module]
+    assert max(len(line) for line in lines) <= 100
