@@ -73,17 +73,18 @@ def test_track_logs_the_run_and_its_videos_to_wandb(tmp_path):
     )  # the TensorBoard run is kept too
 
 
-@pytest.mark.parametrize(
-    "script,env,steps",
-    [
-        ("stream_q.py", "CartPole-v1", 300),
-        ("stream_sarsa.py", "CartPole-v1", 300),
-        ("stream_ac_discrete.py", "LunarLander-v3", 300),
-        ("stream_ac_continuous.py", "LunarLanderContinuous-v3", 300),
-        ("stream_q_minatar.py", "MinAtar/Breakout-v1", 300),
-        ("stream_q_atari.py", "ALE/Breakout-v5", 600),
-    ],
-)
+# a run of each script, on an env of each family it takes
+RUNS = [
+    ("stream_q.py", "CartPole-v1", 300),
+    ("stream_sarsa.py", "CartPole-v1", 300),
+    ("stream_ac_discrete.py", "LunarLander-v3", 300),
+    ("stream_ac_continuous.py", "LunarLanderContinuous-v3", 300),
+    ("stream_q_minatar.py", "MinAtar/Breakout-v1", 300),
+    ("stream_q_atari.py", "ALE/Breakout-v5", 600),
+]
+
+
+@pytest.mark.parametrize("script,env,steps", RUNS)
 def test_capture_video_films_the_first_agent(script, env, steps, tmp_path):
     explore = (
         ["--exploration-fraction", "1.0"] if "_ac_" not in script else []
@@ -147,17 +148,7 @@ def test_dm_control_video_renders_headless(tmp_path, monkeypatch):
     assert frames.shape[0] >= 150 and frames.std() > 0
 
 
-@pytest.mark.parametrize(
-    "script,env,steps",
-    [
-        ("stream_q.py", "CartPole-v1", 300),
-        ("stream_sarsa.py", "CartPole-v1", 300),
-        ("stream_ac_discrete.py", "CartPole-v1", 300),
-        ("stream_ac_continuous.py", "HalfCheetah-v5", 300),
-        ("stream_q_minatar.py", "MinAtar/Breakout-v1", 300),
-        ("stream_q_atari.py", "BreakoutNoFrameskip-v4", 300),
-    ],
-)
+@pytest.mark.parametrize("script,env,steps", RUNS)
 def test_save_model_writes_each_agents_final_state_for_flax_to_restore(
     script, env, steps, tmp_path
 ):
