@@ -345,7 +345,8 @@ def test_the_time_feature_counts_the_episode_in_units_of_the_scripts_own_time_li
     recorded = record_run(
         script, "--env", env, "--total-steps", str(steps), cwd=tmp_path, field="norm_obs"
     )
-    features = np.array([norm_obs[0, -1] for norm_obs in recorded["fields"]])  # call 0 is start
+    # call 0 is start, (agents, obs_dim + 1); one agent's state has no agent axis after it
+    features = np.array([norm_obs[..., -1].ravel()[0] for norm_obs in recorded["fields"]])
     dones = [False] + [bool(args[2][0]) for args in recorded["calls"][1:]]
     t, expected = 0, []
     for done in dones:
