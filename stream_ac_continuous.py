@@ -220,8 +220,7 @@ def train_step(state, next_obs, reward, done, reset_obs, *, actor, critic, unrav
 
     # actor g = grad of -log pi(a|s) - beta * sign(δ) * H(pi(.|s)), sign(δ) a constant
     def policy_loss(params):
-        mu, std = actor.apply(unravel_policy(params), state.norm_obs)  # of the unclipped action
-        log_2pi = jnp.log(2 * jnp.pi)
+        mu, std, log_2pi = *actor.apply(unravel_policy(params), state.norm_obs), jnp.log(2 * jnp.pi)
         log_prob = (-0.5 * ((state.action - mu) / std) ** 2 - jnp.log(std) - 0.5 * log_2pi).sum()
         entropy = (0.5 + 0.5 * log_2pi + jnp.log(std)).sum()
         return -log_prob - args.entropy_coeff * jnp.sign(delta) * entropy
@@ -332,8 +331,9 @@ if __name__ == "__main__":
             obs, reward, terminated, truncated, info = envs.step(action)
             done = terminated | truncated
             ended = np.flatnonzero(done)  # the agents whose env was reset in this step
-            reset_obs, next_obs = np.asarray(obs, np.float32), np.array(obs, np.float32)
-            for i in ended:  # obs holds their reset observation, info["final_obs"] the terminal one
+            reset_obs = np.asarray(obs, np.float32)  # where an episode ended, the reset observation
+            next_obs = reset_obs.copy() if len(ended) else reset_obs
+            for i in ended:  # info["final_obs"] holds their terminal observation
                 next_obs[i] = info["final_obs"][i]
             state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs)
             out = np.asarray(out)

@@ -303,8 +303,9 @@ if __name__ == "__main__":
             obs, reward, terminated, truncated, info = envs.step(action)
             done = terminated | truncated
             ended = np.flatnonzero(done)  # the agents whose env was reset in this step
-            reset_obs, next_obs = np.asarray(obs, np.float32), np.array(obs, np.float32)
-            for i in ended:  # obs holds their reset observation, info["final_obs"] the terminal one
+            reset_obs = np.asarray(obs, np.float32)  # where an episode ended, the reset observation
+            next_obs = reset_obs.copy() if len(ended) else reset_obs
+            for i in ended:  # info["final_obs"] holds their terminal observation
                 next_obs[i] = info["final_obs"][i]
             state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs)
             out = np.asarray(out)

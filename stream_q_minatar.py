@@ -290,9 +290,8 @@ if __name__ == "__main__":
 
     # One jitted call per env step updates every agent and returns its next action; the state is
     # donated. Agents share a call's cost (vmap); one agent's state has no agent axis (faster code).
-    q_network = QNetwork(action_space.n, args.hidden_size)
-    optimizer = obgd(args.lr, args.gamma, args.lamda, args.kappa, args.optimizer == "adaptive")
-    kwargs = dict(q_network=q_network, optimizer=optimizer, args=args)
+    kwargs = dict(q_network=QNetwork(action_space.n, args.hidden_size), args=args, optimizer=obgd(
+        args.lr, args.gamma, args.lamda, args.kappa, args.optimizer != "obgd"))
     batch = jax.vmap if args.num_seeds > 1 else lambda f: lambda state, *xs: (lambda s, out: (
         s, out[None]))(*f(state, *(x[0] for x in xs)))
     step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)
@@ -308,8 +307,9 @@ if __name__ == "__main__":
             obs, reward, terminated, truncated, info = envs.step(action)
             done = terminated | truncated
             ended = np.flatnonzero(done)  # the agents whose env was reset in this step
-            reset_obs, next_obs = np.asarray(obs, np.float32), np.array(obs, np.float32)
-            for i in ended:  # obs holds their reset observation, info["final_obs"] the terminal one
+            reset_obs = np.asarray(obs, np.float32)  # where an episode ended, the reset observation
+            next_obs = reset_obs.copy() if len(ended) else reset_obs
+            for i in ended:  # info["final_obs"] holds their terminal observation
                 next_obs[i] = info["final_obs"][i]
             state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs)
             out = np.asarray(out)
