@@ -103,9 +103,8 @@ def sparse_init(sparsity: float = 0.9):
 
 
 class QNetwork(nn.Module):
-    """frames (..., 84, 84, 4) float32 -> Q-values (..., n_actions) (reference stream_q_atari.py):
-    conv 32 8x8 stride 5, 64 4x4 stride 3, 64 3x3 stride 2 (valid: 16, 5, 2), each -> LayerNorm over
-    its whole map -> leaky_relu; flatten (256) -> dense -> LayerNorm -> leaky_relu -> dense."""
+    """frames (..., 84, 84, 4) -> Q-values (..., n_actions), as in the reference: 3 convs (32
+    8x8/5, 64 4x4/3, 64 3x3/2, valid) and a dense layer, each -> LayerNorm -> leaky_relu; dense."""
 
     n_actions: int
     hidden_size: int = 256
@@ -306,8 +305,9 @@ if __name__ == "__main__":
 
     # One jitted call per env step updates every agent and returns its next action; the state is
     # donated. Agents share a call's cost (vmap); one agent's state has no agent axis (faster code).
-    kwargs = dict(q_network=QNetwork(action_space.n, args.hidden_size), args=args, optimizer=obgd(
-        args.lr, args.gamma, args.lamda, args.kappa, args.optimizer != "obgd"))
+    q_network = QNetwork(action_space.n, args.hidden_size)
+    optimizer = obgd(args.lr, args.gamma, args.lamda, args.kappa, args.optimizer == "adaptive")
+    kwargs = dict(q_network=q_network, optimizer=optimizer, args=args)
     batch = jax.vmap if args.num_seeds > 1 else lambda f: lambda state, *xs: (lambda s, out: (
         s, out[None]))(*f(state, *(x[0] for x in xs)))
     step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)

@@ -2,9 +2,8 @@
 
 Elsayed, Vasan, Mahmood 2024, "Streaming Deep Reinforcement Learning Finally Works", arXiv
 2410.14606, Algorithm "Stream Q(λ)"; reference github.com/mohmdelsayed/streaming-drl (407dca7,
-stream_q_minatar.py). Unlike it: the (10, 10, C) observation stays channels-last (flax's layout:
-the conv computes the same function, and flattening in another order only permutes the inputs of
-the next, randomly initialised, layer), float32 statistics, a seeded action space."""
+stream_q_minatar.py). Unlike it: the (10, 10, C) observation stays channels-last (the same
+function up to a permutation of the dense inputs), float32 statistics, a seeded action space."""
 import ctypes
 import math
 import os
@@ -290,8 +289,9 @@ if __name__ == "__main__":
 
     # One jitted call per env step updates every agent and returns its next action; the state is
     # donated. Agents share a call's cost (vmap); one agent's state has no agent axis (faster code).
-    kwargs = dict(q_network=QNetwork(action_space.n, args.hidden_size), args=args, optimizer=obgd(
-        args.lr, args.gamma, args.lamda, args.kappa, args.optimizer != "obgd"))
+    q_network = QNetwork(action_space.n, args.hidden_size)
+    optimizer = obgd(args.lr, args.gamma, args.lamda, args.kappa, args.optimizer == "adaptive")
+    kwargs = dict(q_network=q_network, optimizer=optimizer, args=args)
     batch = jax.vmap if args.num_seeds > 1 else lambda f: lambda state, *xs: (lambda s, out: (
         s, out[None]))(*f(state, *(x[0] for x in xs)))
     step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)
