@@ -242,14 +242,15 @@ def from_np(flat, ravel=False):
     return ravel_pytree({"params": out})[0] if ravel else {"params": out}
 
 
-def record_run(script, *flags, cwd, field=None):
+def record_run(script, *flags, cwd, field=None, check=True):
     """Run script through the launcher with RECORD_CALLS (and RECORD_FIELD=field); returns the
-    recorded {"calls", "outs", "fields", "resets"}. Fails the test if the run fails."""
+    recorded {"calls", "outs", "fields", "resets"} and the run's "returncode". With check, fails
+    the test if the run fails."""
     import pickle
 
     record = os.path.join(cwd, "record.pkl")
     extra_env = {"RECORD_CALLS": record, **({"RECORD_FIELD": field} if field else {})}
     result = run_script(script, *flags, cwd=cwd, launcher=True, extra_env=extra_env)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0 or not check, result.stderr
     with open(record, "rb") as f:
-        return pickle.load(f)
+        return dict(pickle.load(f), returncode=result.returncode)

@@ -281,11 +281,9 @@ def test_a_nan_in_one_agent_leaves_the_other_agents_updates_unchanged(script, en
     for name, env_id in (("nan", env), ("clean", clean_env)):
         (tmp_path / name).mkdir()
         flags = ["--env", env_id, "--total-steps", "150", "--num-seeds", "3"]
-        result = run_script(script, *flags, cwd=tmp_path / name, launcher=True,
-                            extra_env={"RECORD_CALLS": str(tmp_path / name / "record.pkl")})
-        with open(tmp_path / name / "record.pkl", "rb") as f:
-            runs[name] = np.stack(pickle.load(f)["outs"])  # (calls, agents, out)
-        assert (result.returncode != 0) == (name == "nan"), result.stderr
+        recorded = record_run(script, *flags, cwd=tmp_path / name, check=False)
+        runs[name] = np.stack(recorded["outs"])  # (calls, agents, out)
+        assert (recorded["returncode"] != 0) == (name == "nan")
     nan = runs["nan"]
     clean = runs["clean"][: len(nan)]
     assert len(nan) == 102  # start, then train_step up to the 101st: agent 1's δ stops the run
