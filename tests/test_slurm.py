@@ -56,9 +56,18 @@ def slurm(tmp_path_factory):
     key.write_bytes(os.urandom(1024))
     key.chmod(0o600)
     munge_socket = d / "munge.socket"
-    subprocess.run(["munged", "--force", f"--key-file={key}", f"--socket={munge_socket}",
-                    f"--pid-file={d}/munged.pid", f"--log-file={d}/log/munged.log",
-                    f"--seed-file={d}/munged.seed"], check=True)
+    subprocess.run(
+        [
+            "munged",
+            "--force",
+            f"--key-file={key}",
+            f"--socket={munge_socket}",
+            f"--pid-file={d}/munged.pid",
+            f"--log-file={d}/log/munged.log",
+            f"--seed-file={d}/munged.seed",
+        ],
+        check=True,
+    )
     host = socket.gethostname()
     memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     (d / "slurm.conf").write_text(f"""ClusterName=test
@@ -91,8 +100,15 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     try:
         subprocess.run(["slurmctld"], env=env, check=True)
         subprocess.run(["slurmd"], env=env, check=True)
-        while "idle" not in subprocess.run(["sinfo", "-h", "-o", "%T"], env=env,  # not "idle*"
-                                           capture_output=True, text=True).stdout.split():
+        while (
+            "idle"
+            not in subprocess.run(
+                ["sinfo", "-h", "-o", "%T"],
+                env=env,
+                capture_output=True,
+                text=True,
+            ).stdout.split()  # "idle", not "idle*" (not responding)
+        ):
             if time.monotonic() - started > 60:
                 logs = "".join(p.read_text()[-2000:] for p in sorted((d / "log").iterdir()))
                 pytest.fail(f"the SLURM node did not come up within 60 s:\n{logs}")
@@ -115,25 +131,44 @@ def test_readme_job_array_runs_every_seed_once_and_plot_draws_them(slurm, tmp_pa
     (tmp_path / "grid.sh").write_text(readme_sbatch_script())
     shutil.copy(os.path.join(ROOT, "stream_ac_continuous.py"), tmp_path)
     env = dict(slurm, K="2", BLOCKS="2", TOTAL_STEPS="1100")
-    submit = subprocess.run(["sbatch", "--parsable", "--wait", "--array=0-7", "grid.sh"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--wait", "--array=0-7", "grid.sh"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     outputs = "".join(p.read_text()[-1500:] for p in sorted(tmp_path.glob("slurm-*.out")))
     assert submit.returncode == 0, submit.stderr + outputs
     job = submit.stdout.strip().split(";")[0]
-    tasks = subprocess.run(["scontrol", "show", "job", "-o", job], env=slurm,
-                           capture_output=True, text=True, check=True).stdout.splitlines()
-    states = sorted(re.search(r"ArrayTaskId=(\d+) .*JobState=(\S+) .*ExitCode=(\S+)", t).groups()
-                    for t in tasks)
+    tasks = subprocess.run(
+        ["scontrol", "show", "job", "-o", job],
+        env=slurm,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    states = sorted(
+        re.search(r"ArrayTaskId=(\d+) .*JobState=(\S+) .*ExitCode=(\S+)", t).groups() for t in tasks
+    )
     assert states == [(str(i), "COMPLETED", "0:0") for i in range(8)], outputs
     assert len(list(tmp_path.glob("slurm-*.out"))) == 8
 
     folders = collections.Counter(p.name.rsplit("__", 1)[0] for p in (tmp_path / "runs").iterdir())
-    expected = {f"{e}__stream_ac_continuous__{s}"
-                for e in ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5") for s in range(4)}
+    expected = {
+        f"{e}__stream_ac_continuous__{s}"
+        for e in ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Ant-v5")
+        for s in range(4)
+    }
     assert set(folders) == expected and set(folders.values()) == {1}, folders
 
-    draw = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), "--runs-dir", "runs",
-                           "--out", "grid.png"], cwd=tmp_path, capture_output=True, text=True)
+    draw = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "plot.py"), "--runs-dir", "runs", "--out", "grid.png"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert draw.returncode == 0, draw.stderr
     assert "16 runs, 4 envs" in draw.stdout
     assert (tmp_path / "grid.png").stat().st_size > 10_000
