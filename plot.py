@@ -2,6 +2,7 @@
 
     python plot.py                                   # every run under runs/ -> learning_curves.png
     python plot.py --x wall --out wall.png --pdf     # against wall-clock seconds, PNG and PDF
+    python plot.py --runs-dir grid --columns 2       # four envs as 2 x 2 panels
 
 Runs are grouped by env (one panel each) and by script (one line each, from the run's logged
 hyperparameters, else from its name runs/{env}__{exp_name}__{seed}__{time}). Each run's episodes
@@ -39,6 +40,8 @@ class Args:
     """scalar tag to plot"""
     x: str = "step"
     """x axis: step (global step) or wall (seconds since the run started)"""
+    columns: int = 3
+    """panels per row (at most; fewer when there are fewer envs)"""
     window: Optional[float] = None
     """bin width in steps (or seconds with --x wall); default: about 1/40 of the longest run in each
     panel"""
@@ -111,6 +114,8 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     if args.x not in ("step", "wall"):
         fail(f"--x must be one of step, wall; got {args.x!r}")
+    if args.columns < 1:
+        fail(f"--columns must be at least 1, got {args.columns}")
     if args.window is not None and args.window <= 0:
         fail(f"--window must be positive, got {args.window}")
     folders = sorted(
@@ -127,7 +132,7 @@ if __name__ == "__main__":
     if not panels:
         fail(f"none of the {len(folders)} runs under {args.runs_dir} has the tag {args.tag!r}")
 
-    columns = min(3, len(panels))
+    columns = min(args.columns, len(panels))
     rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
     for ax, (env, scripts) in zip(axes.flat, sorted(panels.items())):

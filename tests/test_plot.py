@@ -46,6 +46,17 @@ def test_plot_of_real_runs_of_two_scripts_with_two_seeds(tmp_path):
     assert (tmp_path / "wall.png").stat().st_size > 10_000 and (tmp_path / "wall.pdf").exists()
 
 
+@pytest.mark.parametrize("flags, size", [([], (720, 1500)), (["--columns", "2"], (720, 1000))])
+def test_panels_per_row(flags, size, tmp_path):
+    """Four envs: 3 columns by default (two rows, one panel left blank), 2 x 2 with --columns 2."""
+    make_event_runs(tmp_path, {f"Env{i}-v0__algo__0__1": [(1, 1.0), (2, 2.0)] for i in range(4)})
+    result = run_script("plot.py", "--out", "grid.png", *flags, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    import matplotlib.image
+
+    assert matplotlib.image.imread(tmp_path / "grid.png").shape[:2] == size  # 5 x 3.6 in a panel
+
+
 def test_binning_mean_and_standard_error_match_numpy(tmp_path):
     rng = np.random.default_rng(0)
     runs = {
@@ -103,6 +114,7 @@ def test_default_window_is_a_round_fraction_of_the_run():
             ["cannot write", "--out", "no/such/folder/curves.png"],
         ),
         ("runs", ["--x", "time"], ["--x", "step", "wall"]),
+        ("runs", ["--columns", "0"], ["--columns", "at least 1"]),
     ],
 )
 def test_errors_are_one_line(setup, flags, words, tmp_path):
