@@ -3,8 +3,9 @@
 Elsayed, Vasan, Mahmood 2024, "Streaming Deep Reinforcement Learning Finally Works", arXiv
 2410.14606, Algorithm "Stream SARSA(λ)"; reference github.com/mohmdelsayed/streaming-drl (407dca7,
 stream_sarsa.py). Unlike it: the time feature is -0.5 + t/T at an episode's t-th observation
-(the reference's is one step late), statistics are float32, the action space is seeded, and an
-episode's first action is picked in its reset observation, not carried over."""
+(the reference's is one step late), statistics are float32 and the action space is seeded. As in
+it, a' picked in an episode's terminal observation is the next episode's first action (SPEC.md's
+quirk, kept: picking it in the reset observation learned worse on CartPole, README)."""
 import ctypes
 import math
 import os
@@ -189,9 +190,9 @@ def act(state: AgentState, norm_obs, q_values, args: Args):
 
 def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_network, unravel,
                optimizer, args: Args, time_limit: int):
-    """One env step of Stream SARSA(λ): learn from (s, a, r, s', a', done), then act in s', or if it
-    ended in reset_obs. next_obs, reset_obs: (obs_dim,) float32 raw; reward float32 raw; done bool.
-    Returns (state, out = [action, epsilon, δ, ObGD step size] float32, the only host transfer)."""
+    """One env step of Stream SARSA(λ): learn from (s, a, r, s', a', done), then take a' in s' (in
+    reset_obs if it ended). next_obs, reset_obs: (obs_dim,) float32 raw; reward float32 raw; done
+    bool. Returns (state, out = [action, epsilon, δ, ObGD step size] float32, the host transfer)."""
     done = jnp.asarray(done, jnp.float32)
     state = state._replace(global_step=state.global_step + 1)  # this step's, for act()
     obs_stats, norm_next_obs = observe(state.obs_stats, next_obs, state.episode_step + 1,
@@ -211,7 +212,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
     delta = reward + args.gamma * next_q_values[next_action] * (1.0 - done) + neg_q
     # OBGD
     updates, opt_state = optimizer.update(grads, state.opt_state, delta=delta, reset=done > 0)
-    # after a terminal step, the next action is taken in the reset observation
+    # after a terminal step, a' is taken in the reset observation
     reset_stats, norm_reset_obs = observe(obs_stats, reset_obs, 0, time_limit)
     obs_stats, norm_obs = jax.tree.map(lambda a, b: jnp.where(done > 0, a, b),
                                        (reset_stats, norm_reset_obs), (obs_stats, norm_next_obs))
@@ -219,9 +220,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
         params=optax.apply_updates(state.params, updates), obs_stats=obs_stats,
         opt_state=opt_state._replace(step_size=None), reward_stats=reward_stats,
         reward_trace=reward_trace, episode_step=jnp.where(done > 0, 0, state.episode_step + 1))
-    q_values = jax.lax.cond(done > 0, lambda: q_network.apply(unravel(state.params), norm_obs),
-                            lambda: next_q_values)  # a' as above, or act in the reset obs
-    state, out = act(state, norm_obs, q_values, args)
+    state, out = act(state, norm_obs, next_q_values, args)  # a', kept across a reset (reference)
     return state, jnp.append(out, jnp.stack([delta, opt_state.step_size]))
 
 

@@ -560,23 +560,34 @@ def test_sarsa_target_uses_the_action_taken_not_the_max():
     )
 
 
-def test_sarsa_first_action_of_an_episode_comes_from_the_reset_observation():
-    args, kw = make_kwargs(
-        stream_sarsa, 4, 2, start_e=0.0, end_e=0.0
-    )  # greedy: the action follows q
+def test_sarsa_carries_a_prime_from_the_terminal_observation_into_the_next_episode():
+    """As the reference: the episode's first action is a', picked greedily in the terminal s' with
+    the pre-update weights, while the agent's observation is the reset one. Weights are drawn until
+    that a' differs from the greedy action in the reset observation, so the two cannot agree."""
+    args, kw = make_kwargs(stream_sarsa, 4, 2, start_e=0.0, end_e=0.0)  # greedy
     obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
-    state, _ = stream_sarsa.start(jax.random.PRNGKey(0), obs, **kw)
-    state = state._replace(
-        params=from_np(random_params(kw["unravel"], state.params, 3), ravel=True)
-    )
     next_obs, reset_obs = np.full(4, 5.0, np.float32), np.full(4, -5.0, np.float32)
-    new_state, out = stream_sarsa.train_step(
-        state, next_obs, np.float32(1.0), True, reset_obs, **kw
+    state, _ = stream_sarsa.start(jax.random.PRNGKey(0), obs, **kw)
+    seen = np.stack([obs, next_obs]).astype(np.float64)
+    next_x = np.append(
+        (next_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5 + 1 / T
     )
     seen = np.stack([obs, next_obs, reset_obs]).astype(np.float64)
     reset_x = np.append((reset_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5)
+    for seed in range(3, 50):
+        p = random_params(kw["unravel"], state.params, seed)
+        new_state, out = stream_sarsa.train_step(
+            state._replace(params=from_np(p, ravel=True)),
+            next_obs,
+            np.float32(1.0),
+            True,
+            reset_obs,
+            **kw,
+        )
+        q_reset = kw["q_network"].apply(kw["unravel"](new_state.params), jnp.asarray(reset_x))
+        if np.argmax(head(p, next_x)) != np.argmax(np.asarray(q_reset)):
+            break
+    else:
+        pytest.fail("no weights found whose terminal and reset greedy actions differ")
     np.testing.assert_allclose(new_state.norm_obs, reset_x, rtol=1e-4, atol=1e-4)
-    q_reset = np.asarray(
-        kw["q_network"].apply(kw["unravel"](new_state.params), jnp.asarray(reset_x, jnp.float32))
-    )
-    assert int(out[0]) == int(np.argmax(q_reset)) == int(new_state.action)
+    assert int(out[0]) == int(new_state.action) == int(np.argmax(head(p, next_x)))
