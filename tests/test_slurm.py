@@ -3,6 +3,7 @@ this test starts on localhost and stops after. Needs root and the packages (.ci/
 them); without them the test is skipped with the reason, except under CI=true, where it fails."""
 
 import collections
+import contextlib
 import os
 import re
 import shutil
@@ -71,7 +72,7 @@ def slurm(tmp_path_factory):
     host = socket.gethostname()
     memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     (d / "slurm.conf").write_text(f"""ClusterName=test
-SlurmctldHost={host}
+SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
 SlurmctldPort={free_port()}
 SlurmdPort={free_port()}
@@ -89,7 +90,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2
 MpiDefault=none
-NodeName={host} CPUs={os.cpu_count()} RealMemory={memory_mb * 3 // 4} State=UNKNOWN
+NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory={memory_mb * 3 // 4}
 PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
     env = dict(os.environ, SLURM_CONF=str(d / "slurm.conf"))
@@ -115,15 +116,24 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             time.sleep(0.5)
         print(f"SLURM up in {time.monotonic() - started:.1f} s")
         yield env
-    finally:
+    finally:  # stop what this test started: slurmctld's shutdown, then SIGTERM, then SIGKILL
+        pids = [int(f.read_text()) for f in d.glob("*.pid") if f.read_text().strip().isdigit()]
         subprocess.run(["scontrol", "shutdown"], env=env, capture_output=True)
-        time.sleep(1)
-        for pid_file in ("slurmd.pid", "slurmctld.pid", "munged.pid"):
-            if (d / pid_file).exists():
-                try:
-                    os.kill(int((d / pid_file).read_text()), 15)
-                except (ProcessLookupError, ValueError):
-                    pass
+        for signal in (None, 15, 9):
+            for pid in pids if signal else []:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal)
+            deadline = time.monotonic() + 5
+            while (pids := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_readme_job_array_runs_every_seed_once_and_plot_draws_them(slurm, tmp_path):
