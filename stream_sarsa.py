@@ -208,8 +208,8 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
         return -q_values[0, state.action], q_values[1]
 
     (neg_q, next_q_values), grads = jax.value_and_grad(td_terms, has_aux=True)(state.params)
-    next_action = act(state, norm_next_obs, next_q_values, args)[0].action  # as act() picks it
-    delta = reward + args.gamma * next_q_values[next_action] * (1.0 - done) + neg_q
+    state, out = act(state, norm_next_obs, next_q_values, args)  # a', kept over a reset (reference)
+    delta = reward + args.gamma * next_q_values[state.action] * (1.0 - done) + neg_q
     # OBGD
     updates, opt_state = optimizer.update(grads, state.opt_state, delta=delta, reset=done > 0)
     # after a terminal step, a' is taken in the reset observation
@@ -219,8 +219,8 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
     state = state._replace(  # the step size is logged, not carried: one buffer fewer per call
         params=optax.apply_updates(state.params, updates), obs_stats=obs_stats,
         opt_state=opt_state._replace(step_size=None), reward_stats=reward_stats,
-        reward_trace=reward_trace, episode_step=jnp.where(done > 0, 0, state.episode_step + 1))
-    state, out = act(state, norm_obs, next_q_values, args)  # a', kept across a reset (reference)
+        reward_trace=reward_trace, episode_step=jnp.where(done > 0, 0, state.episode_step + 1),
+        norm_obs=norm_obs)
     return state, jnp.append(out, jnp.stack([delta, opt_state.step_size]))
 
 
