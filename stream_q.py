@@ -133,7 +133,7 @@ def obgd(lr, gamma, lamda, kappa):
     """Overshooting-bounded gradient descent (paper Algorithm 3; reference optim.py) in optax. g is
     the gradient of the value (∇q(s, a), ∇v(s), ∇[log π + β sign(δ) H]), not of a loss, and
     update(g, state, delta=δ, reset=bool) returns the updates to add to the weights w:
-        z ← γλz + g;  M = ακ max(|δ|, 1) ‖z‖₁;  α' = α / max(M, 1);  w ← w + α'δz;  z ← 0 if reset"""
+        z ← γλz + g; M = ακ max(|δ|, 1) ‖z‖₁; α' = α / max(M, 1); w ← w + α'δz; z ← 0 if reset"""
 
     def init(params):
         return ObGDState(jax.tree.map(jnp.zeros_like, params))
@@ -173,7 +173,7 @@ class StepOutput(NamedTuple):  # what the host reads after each step, per agent
 
 # ALGO LOGIC: learn from the transition just seen, then act
 def act(state: AgentState, norm_obs, q_values, args: Args):
-    """NEXT ACTION in norm_obs, ε-greedy on its q_values (n_actions,); returns (state, ε)."""
+    """NEXT ACTION, of env step global_step + 1: ε-greedy on q_values (n_actions,); (state, ε)."""
     epsilon = jnp.maximum(args.start_e + (args.end_e - args.start_e) * (state.global_step + 1)
                           / (args.exploration_fraction * args.total_steps), args.end_e)
     u = jax.random.uniform(jax.random.fold_in(state.key, state.global_step), (2,))  # a key per step
@@ -187,7 +187,8 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
     """One env step of Stream Q(λ): learn from (s, a, r, s', done), then act in s', or if it ended
     in reset_obs. next_obs, reset_obs: (obs_dim,) float32 raw; reward float32 raw; done bool."""
     done = jnp.asarray(done, jnp.float32)
-    episode_step = state.episode_step + 1  # s' is the episode's observation number episode_step
+    state = state._replace(global_step=state.global_step + 1)  # steps taken, this one included
+    episode_step = state.episode_step + 1  # and in this episode: s' is its observation number
     obs_stats, norm_next_obs = observe(state.obs_stats, next_obs, episode_step, time_limit)
     # REWARD SCALING (reference ScaleReward): r / sqrt(var(u) + 1e-8), u ← γu(1 - done) + r
     reward_trace = args.gamma * state.reward_trace * (1.0 - done) + reward
@@ -212,8 +213,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
     state = state._replace(  # α' is logged, not carried
         params=optax.apply_updates(state.params, updates), obs_stats=obs_stats,
         opt_state=opt_state._replace(step_size=None), reward_stats=reward_stats,
-        reward_trace=reward_trace, episode_step=jnp.where(done > 0, 0, episode_step),
-        global_step=state.global_step + 1)
+        reward_trace=reward_trace, episode_step=jnp.where(done > 0, 0, episode_step))
     state, epsilon = act(state, norm_obs, q_network.apply(state.params, norm_obs), args)
     out = StepOutput(state.action, epsilon, delta, opt_state.step_size)
     return state, ravel_pytree(out)[0]  # SPEED: one float32 array to the host, not four arrays
