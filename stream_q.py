@@ -233,9 +233,9 @@ def start(key, obs, *, q_network, optimizer, args: Args, time_limit: int):
 
 
 # SPEED: how fast, not what is computed; each call into XLA and each array it moves costs time.
-def flat(module: nn.Module, x):
-    """module's init and apply on its weights as one flat vector (x: an input): fewer arrays."""
-    unravel = ravel_pytree(module.init(jax.random.PRNGKey(0), x))[1]  # vector -> weight dict
+def flat(module: nn.Module, in_dim: int):
+    """module's init and apply on its weights as one flat vector, fewer arrays than a dict."""
+    unravel = ravel_pytree(module.init(jax.random.PRNGKey(0), jnp.zeros(in_dim)))[1]
     return SimpleNamespace(init=lambda key, x: ravel_pytree(module.init(key, x))[0],
                            apply=lambda params, x: module.apply(unravel(params), x))
 
@@ -288,7 +288,7 @@ if __name__ == "__main__":
     keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
 
     # ALGO LOGIC: the agents; one jitted call a step updates them all (jax.vmap over agents)
-    q_network = flat(QNetwork(action_space.n, args.hidden_size), jnp.zeros(obs.shape[-1] + 1))
+    q_network = flat(QNetwork(action_space.n, args.hidden_size), obs.shape[-1] + 1)
     optimizer = obgd(args.lr, args.gamma, args.lamda, args.kappa)
     kwargs = dict(q_network=q_network, optimizer=optimizer, args=args,
                   time_limit=envs.get_attr("spec")[0].max_episode_steps)
