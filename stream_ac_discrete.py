@@ -3,15 +3,15 @@
 Elsayed, Vasan, Mahmood 2024, "Streaming Deep Reinforcement Learning Finally Works", arXiv
 2410.14606, Algorithm "Stream AC(λ)"; reference github.com/mohmdelsayed/streaming-drl (407dca7,
 stream_ac_discrete.py). Unlike it: the time feature is -0.5 + t/T at an episode's t-th
-observation (the reference's is one step late), float32 statistics, a seeded action space."""
+observation (the reference's is one step late), and the statistics are float32."""
 import ctypes
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass
 from functools import partial
+from types import SimpleNamespace
 from typing import Literal, NamedTuple
 
 import flax
@@ -30,7 +30,7 @@ from tensorboardX import SummaryWriter
 @dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]  # the name of this experiment
-    seed: int = 0  # seed of python, numpy, JAX and the env; agent i has seed + i
+    seed: int = 0  # seed of the env and of JAX; agent i has seed + i
     device: Literal["cpu", "gpu"] = "cpu"  # where JAX runs
     debug: bool = False  # print one line per episode
     num_seeds: int = 1  # independent agents in this process, each with its own run folder
@@ -43,7 +43,6 @@ class Args:
     # Algorithm specific arguments
     env: str = "CartPole-v1"  # gymnasium id: Discrete actions, flat Box observations
     total_steps: int = 500_000  # environment steps per agent; one update per step
-    optimizer: Literal["obgd", "adaptive"] = "obgd"  # ObGD, or the reference's AdaptiveObGD
     gamma: float = 0.99  # discount factor
     lamda: float = 0.8  # eligibility-trace decay λ
     kappa_policy: float = 3.0  # the actor's ObGD bound: larger kappa, smaller steps
@@ -54,8 +53,7 @@ class Args:
 
 
 def make_env(env_id: str, video_dir: str | None = None) -> gym.Env:
-    """Classic-control or Box2D env with the reference's 10,000-step limit and episode statistics;
-    with a video_dir, gymnasium's RecordVideo films episodes 0, 1, 8, 27, ... into it."""
+    """Classic control or Box2D, the reference's 10,000-step limit, episode statistics, videos."""
     render = {"render_mode": "rgb_array"} if video_dir else {}  # not all envs take render_mode
     env = gym.make(env_id, max_episode_steps=10_000, **render)
     if video_dir:
@@ -65,7 +63,8 @@ def make_env(env_id: str, video_dir: str | None = None) -> gym.Env:
 
 
 def leaky_relu(x):
-    """leaky_relu(0.01), gradient 0.01 at 0 as torch's (jax.nn's: 1); units start at 0 (SPEC §2)."""
+    """leaky_relu(0.01) with torch's gradient 0.01 at 0 (jax.nn's is 1): it matters, as sparse init
+    zeroes every input weight when fan_in <= 9 (CartPole), so those units start at exactly 0."""
     return jnp.where(x > 0, x, 0.01 * x)
 
 
@@ -139,124 +138,137 @@ def observe(obs_stats: RunningStats, obs, episode_step, time_limit: int):
 
 class ObGDState(NamedTuple):
     eligibility_trace: optax.Updates  # z, shaped like the parameters
-    v: optax.Updates | None = None  # adaptive: running mean of (δz)², shaped like z
-    count: jax.Array | None = None  # adaptive: updates so far, for the bias correction
-    step_size: jax.Array | None = None  # lr / max(M, 1) of the last update, for the logs
+    step_size: jax.Array | None = None  # α' of the last update, for the logs only
 
 
-def obgd(lr, gamma, lamda, kappa, adaptive=False, beta2=0.999, eps=1e-8):
-    """Overshooting-bounded gradient descent (paper Algorithm 3; reference optim.py) as optax, for
-    a gradient g whose -δg is the TD(λ) direction; update(grads, state, delta=δ, reset=bool):
-        z <- γλz + g;  M = lr κ max(|δ|, 1) Σ|z|;  updates = -lr / max(M, 1) δ z;  z <- 0 if reset.
-    With adaptive (the reference's AdaptiveObGD): v <- β2 v + (1 - β2)(δz)², t <- t + 1, and
-    zhat = z / sqrt(v / (1 - β2^t) + eps) stands for z in M and the update; a reset keeps v, t."""
+def obgd(lr, gamma, lamda, kappa):
+    """Overshooting-bounded gradient descent (paper Algorithm 3; reference optim.py) in optax. g is
+    the gradient of the value (∇q(s, a), ∇v(s), ∇[log π + β sign(δ) H]), not of a loss, and
+    update(g, state, delta=δ, reset=bool) returns the updates to add to the weights w:
+        z ← γλz + g; M = ακ max(|δ|, 1) ‖z‖₁; α' = α / max(M, 1); w ← w + α'δz; z ← 0 if reset"""
 
     def init(params):
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        return ObGDState(zeros, *((zeros, jnp.int32(0)) if adaptive else ()))
+        return ObGDState(jax.tree.map(jnp.zeros_like, params))
 
     def update(grads, state, params=None, *, delta, reset, **extra_args):
-        trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, state.eligibility_trace, grads)
-        v, count, zhat = state.v, state.count, trace  # zhat: z, or adaptive's rescaled z
-        if adaptive:
-            v = jax.tree.map(lambda v, z: beta2 * v + (1 - beta2) * (delta * z) ** 2, v, trace)
-            count = count + 1
-            zhat = jax.tree.map(lambda z, v: z / jnp.sqrt(v / (1 - beta2**count) + eps), trace, v)
-        z_sum = sum(jnp.abs(z).sum() for z in jax.tree.leaves(zhat))
-        step_size = jnp.minimum(lr, lr / (lr * kappa * jnp.maximum(jnp.abs(delta), 1.0) * z_sum))
-        updates = jax.tree.map(lambda z: -step_size * delta * z, zhat)
-        trace = jax.tree.map(lambda z: jnp.where(reset, 0.0, z), trace)
-        return updates, ObGDState(trace, v, count, step_size)
+        z = jax.tree.map(lambda z, g: gamma * lamda * z + g, state.eligibility_trace, grads)
+        z_norm = sum(jnp.abs(leaf).sum() for leaf in jax.tree.leaves(z))  # ‖z‖₁
+        M = lr * kappa * jnp.maximum(jnp.abs(delta), 1.0) * z_norm  # the overshooting bound
+        step_size = lr / jnp.maximum(M, 1.0)
+        updates = jax.tree.map(lambda z: step_size * delta * z, z)
+        z = jax.tree.map(lambda z: jnp.where(reset, 0.0, z), z)
+        return updates, ObGDState(z, step_size)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-class AgentState(NamedTuple):  # what the jitted step reads and writes; donated, never on the host
-
-    policy_params: jax.Array  # the actor's weights as one flat vector, float32, as ObGD sees them
-    value_params: jax.Array  # the critic's, likewise
+class AgentState(NamedTuple):  # one agent: everything the step reads and writes
+    policy_params: jax.Array  # the actor's weights, float32
+    value_params: jax.Array  # the critic's weights, float32
     policy_opt_state: ObGDState  # ObGD's state (the eligibility trace) of the actor
     value_opt_state: ObGDState  # and of the critic
     obs_stats: RunningStats
     reward_stats: RunningStats
     reward_trace: jax.Array  # discounted sum of raw rewards, for reward scaling
-    norm_obs: jax.Array  # the current observation, normalised, with the time feature (obs_dim + 1,)
-    action: jax.Array  # the action taken in it, int32
     episode_step: jax.Array  # steps taken in this episode, int32
     global_step: jax.Array  # steps taken in all, int32
-    key: jax.Array  # the run's key; the action at global_step t uses fold_in(key, t)
+    key: jax.Array  # the run's key, from its seed
+    norm_obs: jax.Array = None  # the current observation, normalised, with the time feature (act())
+    action: jax.Array = None  # the action taken in it, int32
+
+
+class StepOutput(NamedTuple):  # what the host reads after each step, per agent
+    action: jax.Array  # the next action, int32
+    td_error: jax.Array  # δ of the update
+    policy_step_size: jax.Array  # the actor's ObGD α'
+    value_step_size: jax.Array  # the critic's ObGD α'
 
 
 # ALGO LOGIC: learn from the transition just seen, then act
-def act(state: AgentState, norm_obs, *, actor, unravel_policy):
-    """NEXT ACTION: a ~ Categorical(softmax(logits of norm_obs)); (state, [action] float32)."""
-    key = jax.random.fold_in(state.key, state.global_step)  # a fresh key per step, none to carry
-    action = jax.random.categorical(key, actor.apply(unravel_policy(state.policy_params), norm_obs))
-    return state._replace(norm_obs=norm_obs, action=action), action[None].astype(jnp.float32)
+def act(state: AgentState, norm_obs, *, actor):
+    """NEXT ACTION, of env step global_step + 1: a ~ Categorical(softmax(logits of norm_obs))."""
+    key = jax.random.fold_in(state.key, state.global_step)  # a key per step
+    action = jax.random.categorical(key, actor.apply(state.policy_params, norm_obs))
+    return state._replace(norm_obs=norm_obs, action=action)
 
 
-def train_step(state, next_obs, reward, done, reset_obs, *, actor, critic, unravel_policy,
-               unravel_value, policy_optimizer, value_optimizer, args: Args, time_limit: int):
-    """One env step of Stream AC(λ): learn from (s, a, r, s', done), then act in s' (reset_obs if it
-    ended); raw obs (obs_dim,) float32. Returns (state, [action, δ, ObGD step sizes] float32)."""
+def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, actor, critic,
+               policy_optimizer, value_optimizer, args: Args, time_limit: int):
+    """One env step of Stream AC(λ): learn from (s, a, r, s', done), then act in s', or if it ended
+    in reset_obs. next_obs, reset_obs: (obs_dim,) float32 raw; reward float32 raw; done bool."""
     done = jnp.asarray(done, jnp.float32)
-    state = state._replace(global_step=state.global_step + 1)  # this step's, for act()
-    obs_stats, norm_next_obs = observe(state.obs_stats, next_obs, state.episode_step + 1,
-                                       time_limit)
-    # REWARD SCALING (reference ScaleReward): r / sqrt(var(u) + 1e-8), u <- γu(1 - done) + r
+    state = state._replace(global_step=state.global_step + 1)  # steps taken, this one included
+    episode_step = state.episode_step + 1  # and in this episode: s' is its observation number
+    obs_stats, norm_next_obs = observe(state.obs_stats, next_obs, episode_step, time_limit)
+    # REWARD SCALING (reference ScaleReward): r / sqrt(var(u) + 1e-8), u ← γu(1 - done) + r
     reward_trace = args.gamma * state.reward_trace * (1.0 - done) + reward
     reward_stats = state.reward_stats.update(reward_trace)
     reward = reward / jnp.sqrt(reward_stats.var() + 1e-8)
 
-    # TD ERROR with the critic's pre-update weights; critic g = grad of -v(s); s, s' in one pass
-    def value_terms(params):
-        values = critic.apply(unravel_value(params), jnp.stack([state.norm_obs, norm_next_obs]))
-        return -values[0], values[1]
+    # TD ERROR with the critic's pre-update weights; s and s' in one forward pass; the gradient ∇v
+    def v_s_and_next(params):
+        values = critic.apply(params, jnp.stack([state.norm_obs, norm_next_obs]))  # (2,)
+        return values[0], jax.lax.stop_gradient(values[1])
 
-    (neg_v, next_v), value_grads = jax.value_and_grad(value_terms, has_aux=True)(state.value_params)
-    delta = reward + args.gamma * next_v * (1.0 - done) + neg_v
+    (v_s, next_v), grad_v = jax.value_and_grad(v_s_and_next, has_aux=True)(state.value_params)
+    td_target = reward + args.gamma * next_v * (1.0 - done)
+    delta = td_target - v_s
 
-    # actor g = grad of -log pi(a|s) - beta * sign(δ) * H(pi(.|s)), sign(δ) a constant
-    def policy_loss(params):
-        log_probs = jax.nn.log_softmax(actor.apply(unravel_policy(params), state.norm_obs))
+    # the actor's gradient is that of log π(a|s) + β sign(δ) H(π(.|s)), sign(δ) a constant
+    def log_prob_and_entropy_bonus(params):
+        log_probs = jax.nn.log_softmax(actor.apply(params, state.norm_obs))
         log_prob, entropy = log_probs[state.action], -(jnp.exp(log_probs) * log_probs).sum()
-        return -log_prob - args.entropy_coeff * jnp.sign(delta) * entropy
+        return log_prob + args.entropy_coeff * jnp.sign(delta) * entropy
 
-    # OBGD, one optimiser per network
+    grad_policy = jax.grad(log_prob_and_entropy_bonus)(state.policy_params)
+    # OBGD, one optimiser per network: z ← γλz + ∇;  w ← w + α' δ z;  both with the same δ
     policy_updates, policy_opt_state = policy_optimizer.update(
-        jax.grad(policy_loss)(state.policy_params), state.policy_opt_state, delta=delta,
-        reset=done > 0)
-    value_updates, value_opt_state = value_optimizer.update(value_grads, state.value_opt_state,
+        grad_policy, state.policy_opt_state, delta=delta, reset=done > 0)
+    value_updates, value_opt_state = value_optimizer.update(grad_v, state.value_opt_state,
                                                             delta=delta, reset=done > 0)
     # after a terminal step, the next action is taken in the reset observation
     reset_stats, norm_reset_obs = observe(obs_stats, reset_obs, 0, time_limit)
     obs_stats, norm_obs = jax.tree.map(lambda a, b: jnp.where(done > 0, a, b),
                                        (reset_stats, norm_reset_obs), (obs_stats, norm_next_obs))
-    state = state._replace(  # the step sizes are logged, not carried: a buffer fewer per call each
+    state = state._replace(  # α' is logged, not carried
         policy_params=optax.apply_updates(state.policy_params, policy_updates),
         value_params=optax.apply_updates(state.value_params, value_updates),
         policy_opt_state=policy_opt_state._replace(step_size=None),
         value_opt_state=value_opt_state._replace(step_size=None), obs_stats=obs_stats,
         reward_stats=reward_stats, reward_trace=reward_trace,
-        episode_step=jnp.where(done > 0, 0, state.episode_step + 1))
-    state, out = act(state, norm_obs, actor=actor, unravel_policy=unravel_policy)
-    diagnostics = jnp.stack([delta, policy_opt_state.step_size, value_opt_state.step_size])
-    return state, jnp.append(out, diagnostics)
+        episode_step=jnp.where(done > 0, 0, episode_step))
+    state = act(state, norm_obs, actor=actor)
+    out = StepOutput(state.action, delta, policy_opt_state.step_size, value_opt_state.step_size)
+    return state, ravel_pytree(out)[0]  # SPEED: one float32 array to the host, not four arrays
 
 
-def start(key, obs, *, actor, critic, unravel_policy, unravel_value, policy_optimizer,
-          value_optimizer, args: Args, time_limit: int):
-    """A new agent acting in the reset observation obs (obs_dim,) raw; returns as train_step."""
+def start(key, obs, *, actor, critic, policy_optimizer, value_optimizer, args: Args,
+          time_limit: int):
+    """A new agent, acting in the reset observation obs (obs_dim,) raw."""
     key_policy, key_value, key = jax.random.split(key, 3)
-    policy_params = ravel_pytree(actor.init(key_policy, jnp.zeros(obs.shape[-1] + 1)))[0]
-    value_params = ravel_pytree(critic.init(key_value, jnp.zeros(obs.shape[-1] + 1)))[0]
+    policy_params = actor.init(key_policy, jnp.zeros(obs.shape[-1] + 1))
+    value_params = critic.init(key_value, jnp.zeros(obs.shape[-1] + 1))
     zero, zeros = jnp.float32(0.0), jnp.zeros_like(obs)
-    stats, norm_obs = observe(RunningStats(zeros, zeros, zero), obs, 0, time_limit)
-    state = AgentState(policy_params, value_params, policy_optimizer.init(policy_params),
-                       value_optimizer.init(value_params), stats, RunningStats(zero, zero, zero),
-                       zero, None, None, jnp.int32(0), jnp.int32(0), key)
-    state, out = act(state, norm_obs, actor=actor, unravel_policy=unravel_policy)
-    return state, jnp.append(out, jnp.zeros(3))
+    obs_stats, norm_obs = observe(RunningStats(zeros, zeros, zero), obs, 0, time_limit)
+    state = AgentState(policy_params=policy_params, value_params=value_params,
+                       policy_opt_state=policy_optimizer.init(policy_params),
+                       value_opt_state=value_optimizer.init(value_params), obs_stats=obs_stats,
+                       reward_stats=RunningStats(zero, zero, zero), reward_trace=zero,
+                       episode_step=jnp.int32(0), global_step=jnp.int32(0), key=key)
+    return act(state, norm_obs, actor=actor)
+
+
+# SPEED: how fast, not what is computed; each call into XLA and each array it moves costs time.
+def flat(module: nn.Module, in_dim: int):
+    """module's init and apply on its weights as one flat vector, fewer arrays than a dict."""
+    unravel = ravel_pytree(module.init(jax.random.PRNGKey(0), jnp.zeros(in_dim)))[1]
+    return SimpleNamespace(init=lambda key, x: ravel_pytree(module.init(key, x))[0],
+                           apply=lambda params, x: module.apply(unravel(params), x))
+
+
+def one_agent(fn):
+    """jax.vmap for a batch of one agent: fn runs without the agent axis (XLA's code is faster)."""
+    return lambda *batch: jax.tree.map(lambda x: x[None], fn(*jax.tree.map(lambda x: x[0], batch)))
 
 
 if __name__ == "__main__":
@@ -278,13 +290,13 @@ if __name__ == "__main__":
             and isinstance(observation_space, gym.spaces.Box)):
         sys.exit(f"error: {os.path.basename(__file__)} needs Discrete actions and flat Box "
                  f"observations; --env {args.env} has {action_space} and {observation_space}")
-    if args.device == "cpu":  # tiny nets: XLA:CPU's thread hand-offs cost more than the kernels
+    if args.device == "cpu":  # SPEED: XLA:CPU's threads would pass tiny kernels between cores
         jax.config.update("jax_platforms", "cpu")
-        jax.config.update("jax_cpu_enable_async_dispatch", False)  # the action is needed at once
+        jax.config.update("jax_cpu_enable_async_dispatch", False)  # wait for the result in place
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-        if hasattr(os, "sched_setaffinity"):  # JAX's threads stay on the core this run started on
-            os.sched_setaffinity(0, {ctypes.CDLL(None).sched_getcpu()})
+        if hasattr(os, "sched_setaffinity"):  # Linux: every thread on the core this run is on now
+            os.sched_setaffinity(0, {ctypes.CDLL(None).sched_getcpu()})  # the C library's getter
     elif jax.default_backend() != "gpu":
         sys.exit("error: --device gpu, but JAX finds no GPU (install jax[cuda12], or --device cpu)")
     if args.track:
@@ -297,31 +309,24 @@ if __name__ == "__main__":
         table = "\n".join(f"|{key}|{value}|" for key, value in dict(vars(args), seed=seed).items())
         writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])  # each agent's from its seed
-    envs.action_space.seed(args.seed)
-    obs = np.asarray(envs.reset(seed=seeds)[0], np.float32)
+    # TRY NOT TO MODIFY: seeding; each agent's env and JAX key from its seed (nothing else draws)
+    obs = np.asarray(envs.reset(seed=seeds)[0], np.float32)  # (num_seeds, obs_dim)
+    keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
 
-    # One jitted call per env step updates every agent and returns its next action; the state is
-    # donated. Agents share a call's cost (vmap); one agent's state has no agent axis (faster code).
-    actor, critic = Actor(action_space.n, args.hidden_size), Critic(args.hidden_size)
-    optimizer = partial(obgd, args.lr, args.gamma, args.lamda, adaptive=args.optimizer != "obgd")
-    kwargs = dict(actor=actor, critic=critic, policy_optimizer=optimizer(args.kappa_policy),
-                  value_optimizer=optimizer(args.kappa_value), args=args,
-                  unravel_policy=ravel_pytree(actor.init(keys[0], jnp.zeros(obs.shape[-1] + 1)))[1],
-                  unravel_value=ravel_pytree(critic.init(keys[0], jnp.zeros(obs.shape[-1] + 1)))[1],
+    # ALGO LOGIC: the agents; one jitted call a step updates them all (jax.vmap over agents)
+    actor = flat(Actor(action_space.n, args.hidden_size), obs.shape[-1] + 1)
+    critic = flat(Critic(args.hidden_size), obs.shape[-1] + 1)
+    kwargs = dict(actor=actor, critic=critic, args=args,
+                  policy_optimizer=obgd(args.lr, args.gamma, args.lamda, args.kappa_policy),
+                  value_optimizer=obgd(args.lr, args.gamma, args.lamda, args.kappa_value),
                   time_limit=envs.get_attr("spec")[0].max_episode_steps)
-    batch = jax.vmap if args.num_seeds > 1 else lambda f: lambda state, *xs: (lambda s, out: (
-        s, out[None]))(*f(state, *(x[0] for x in xs)))
-    step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)
-    state, out = jax.jit(jax.vmap(partial(start, **kwargs)))(keys, obs)
-    state = state if args.num_seeds > 1 else jax.tree.map(lambda x: x[0], state)
-    action = np.asarray(out)[:, 0].astype(np.int64)
+    batch = jax.vmap if args.num_seeds > 1 else one_agent
+    state = jax.jit(batch(partial(start, **kwargs)))(keys, obs)  # every leaf (num_seeds, ...)
+    step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)  # state: in place
+    action = np.asarray(state.action)
 
     start_time = time.time()
-    diagnostic_sums, last_return = np.zeros((args.num_seeds, 3)), np.full(args.num_seeds, np.nan)
+    diagnostic_sums = np.zeros((args.num_seeds, 4))  # |StepOutput| summed since the last log
     progress = tqdm.trange(1, args.total_steps + 1, disable=None)  # quiet if not on a terminal
     try:
         for global_step in progress:
@@ -332,31 +337,32 @@ if __name__ == "__main__":
             next_obs = reset_obs.copy() if len(ended) else reset_obs
             for i in ended:  # info["final_obs"] holds their terminal observation
                 next_obs[i] = info["final_obs"][i]
+            # LEARN, THEN ACT: every agent, in one call
             state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs)
-            out = np.asarray(out)
-            action = out[:, 0].astype(np.int64)
-            for i in np.flatnonzero(~np.isfinite(out[:, -3])):  # a non-finite δ stops the run
+            out = np.asarray(out)  # StepOutput's fields side by side, (num_seeds, 4)
+            diagnostic_sums += np.abs(out)
+            out = StepOutput(*out.T)  # each field (num_seeds,)
+            action = out.action.astype(np.int64)
+            for i in np.flatnonzero(~np.isfinite(out.td_error)):  # a non-finite δ stops the run
                 sys.exit(f"error: non-finite TD error at global_step={global_step} for seed "
                          f"{seeds[i]}; logs so far are in runs/{run_names[i]}")
             for i in ended:
-                episodic_return, length = (float(info["final_info"]["episode"][k][i]) for k in "rl")
+                episode = info["final_info"]["episode"]
+                episodic_return, length = float(episode["r"][i]), int(episode["l"][i])
                 writers[i].add_scalar("charts/episodic_return", episodic_return, global_step)
                 writers[i].add_scalar("charts/episodic_length", length, global_step)
-                last_return[i] = episodic_return
+                progress.set_postfix(episodic_return=episodic_return, refresh=False)
                 if args.debug:
                     print(f"seed={seeds[i]}, global_step={global_step}, episodic_return="
-                          f"{episodic_return:.1f}, episodic_length={length:.0f}")
-            diagnostic_sums += np.abs(out[:, -3:])
+                          f"{episodic_return:.1f}, episodic_length={length}")
             if global_step % 1000 == 0:  # the diagnostics: mean |δ| and step size since last log
                 sps = int(global_step / (time.time() - start_time))
-                for writer, (td_error, policy, value) in zip(writers, diagnostic_sums / 1000):
+                for writer, (delta, policy, value) in zip(writers, diagnostic_sums[:, -3:] / 1000):
                     writer.add_scalar("charts/SPS", sps, global_step)
-                    writer.add_scalar("losses/td_error", td_error, global_step)
+                    writer.add_scalar("losses/td_error", delta, global_step)
                     writer.add_scalar("charts/obgd_step_size_policy", policy, global_step)
                     writer.add_scalar("charts/obgd_step_size_value", value, global_step)
                 diagnostic_sums[:] = 0.0
-                if not np.isnan(last_return).all():
-                    progress.set_postfix(episodic_return=np.nanmean(last_return), refresh=False)
     except KeyboardInterrupt:
         sys.exit(f"error: interrupted at global_step={global_step}; logs so far are in runs/")
     finally:  # every log flushed
@@ -364,8 +370,7 @@ if __name__ == "__main__":
             closable.close()
     for i, run_name in enumerate(run_names if args.save_model else []):
         with open(f"runs/{run_name}/{args.exp_name}.cleanrl_model", "wb") as f:
-            agent = jax.tree.map(lambda x: x[i], state) if args.num_seeds > 1 else state
-            f.write(flax.serialization.to_bytes(agent))
+            f.write(flax.serialization.to_bytes(jax.tree.map(lambda x: x[i], state)))
     if args.track and args.capture_video:
         for name in sorted(os.listdir(video)):
             wandb.log({"videos": wandb.Video(f"{video}/{name}")})
