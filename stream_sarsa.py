@@ -158,11 +158,11 @@ class AgentState(NamedTuple):  # one agent: everything the step reads and writes
     obs_stats: RunningStats
     reward_stats: RunningStats
     reward_trace: jax.Array  # discounted sum of raw rewards, for reward scaling
-    norm_obs: jax.Array  # the current observation, normalised, with the time feature (obs_dim + 1,)
-    action: jax.Array  # the action taken in it, int32
     episode_step: jax.Array  # steps taken in this episode, int32
     global_step: jax.Array  # steps taken in all, int32
     key: jax.Array  # the run's key, from its seed
+    norm_obs: jax.Array = None  # the current observation, normalised, with the time feature (act())
+    action: jax.Array = None  # the action taken in it, int32
 
 
 class StepOutput(NamedTuple):  # what the host reads after each step, per agent
@@ -228,8 +228,7 @@ def start(key, obs, *, q_network, optimizer, args: Args, time_limit: int):
     obs_stats, norm_obs = observe(RunningStats(zeros, zeros, zero), obs, 0, time_limit)
     state = AgentState(params=params, opt_state=optimizer.init(params), obs_stats=obs_stats,
                        reward_stats=RunningStats(zero, zero, zero), reward_trace=zero,
-                       norm_obs=norm_obs, action=jnp.int32(0), episode_step=jnp.int32(0),
-                       global_step=jnp.int32(0), key=key)
+                       episode_step=jnp.int32(0), global_step=jnp.int32(0), key=key)
     return act(state, norm_obs, q_network.apply(params, norm_obs), args)[0]
 
 
