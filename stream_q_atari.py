@@ -5,11 +5,10 @@ Elsayed, Vasan, Mahmood 2024, "Streaming Deep Reinforcement Learning Finally Wor
 stream_q_atari.py). A lost life ends the episode for learning (bootstrap cut, traces zeroed); the
 game is reset only when over, so charts/episodic_return is a whole game's score. Unlike the
 reference (README lists all): the frame stack is kept in the jitted step, channels-last (the same
-function up to a permutation of the dense inputs); float32 statistics; a seeded action space."""
+function up to a permutation of the dense inputs); float32 statistics."""
 import ctypes
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -26,13 +25,14 @@ import numpy as np
 import optax
 import tqdm
 import tyro
+from jax.flatten_util import ravel_pytree
 from tensorboardX import SummaryWriter
 
 
 @dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]  # the name of this experiment
-    seed: int = 0  # seed of python, numpy, JAX and the env; agent i has seed + i
+    seed: int = 0  # seed of the env and of JAX; agent i has seed + i
     device: Literal["cpu", "gpu"] = "cpu"  # where JAX runs
     debug: bool = False  # print one line per episode
     num_seeds: int = 1  # independent agents in this process, each with its own run folder
@@ -45,7 +45,6 @@ class Args:
     # Algorithm specific arguments
     env: str = "BreakoutNoFrameskip-v4"  # ALE id: <Game>NoFrameskip-v4, or ALE/<Game>-v5 (sticky)
     total_steps: int = 10_000_000  # environment steps per agent; one update per step
-    optimizer: Literal["obgd", "adaptive"] = "obgd"  # ObGD, or the reference's AdaptiveObGD
     gamma: float = 0.99  # discount factor
     lamda: float = 0.8  # eligibility-trace decay λ
     kappa: float = 2.0  # ObGD bound: larger kappa takes smaller steps when the trace is large
@@ -82,7 +81,8 @@ def make_env(env_id: str, video_dir: str | None = None) -> gym.Env:
 
 
 def leaky_relu(x):
-    """leaky_relu(0.01), gradient 0.01 at 0 as torch's (jax.nn's: 1); units start at 0 (SPEC §2)."""
+    """leaky_relu(0.01) with torch's gradient 0.01 at 0 (jax.nn's is 1): it matters, as sparse init
+    zeroes every input weight when fan_in <= 9 (CartPole), so those units start at exactly 0."""
     return jnp.where(x > 0, x, 0.01 * x)
 
 
@@ -147,115 +147,118 @@ def observe(obs_stats: RunningStats, obs):
 
 class ObGDState(NamedTuple):
     eligibility_trace: optax.Updates  # z, shaped like the parameters
-    v: optax.Updates | None = None  # adaptive: running mean of (δz)², shaped like z
-    count: jax.Array | None = None  # adaptive: updates so far, for the bias correction
-    step_size: jax.Array | None = None  # lr / max(M, 1) of the last update, for the logs
+    step_size: jax.Array | None = None  # α' of the last update, for the logs only
 
 
-def obgd(lr, gamma, lamda, kappa, adaptive=False, beta2=0.999, eps=1e-8):
-    """Overshooting-bounded gradient descent (paper Algorithm 3; reference optim.py) as optax, for
-    a gradient g whose -δg is the TD(λ) direction; update(grads, state, delta=δ, reset=bool):
-        z <- γλz + g;  M = lr κ max(|δ|, 1) Σ|z|;  updates = -lr / max(M, 1) δ z;  z <- 0 if reset.
-    With adaptive (the reference's AdaptiveObGD): v <- β2 v + (1 - β2)(δz)², t <- t + 1, and
-    zhat = z / sqrt(v / (1 - β2^t) + eps) stands for z in M and the update; a reset keeps v, t."""
+def obgd(lr, gamma, lamda, kappa):
+    """Overshooting-bounded gradient descent (paper Algorithm 3; reference optim.py) in optax. g is
+    the gradient of the value (∇q(s, a), ∇v(s), ∇[log π + β sign(δ) H]), not of a loss, and
+    update(g, state, delta=δ, reset=bool) returns the updates to add to the weights w:
+        z ← γλz + g; M = ακ max(|δ|, 1) ‖z‖₁; α' = α / max(M, 1); w ← w + α'δz; z ← 0 if reset"""
 
     def init(params):
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        return ObGDState(zeros, *((zeros, jnp.int32(0)) if adaptive else ()))
+        return ObGDState(jax.tree.map(jnp.zeros_like, params))
 
     def update(grads, state, params=None, *, delta, reset, **extra_args):
-        trace = jax.tree.map(lambda z, g: gamma * lamda * z + g, state.eligibility_trace, grads)
-        v, count, zhat = state.v, state.count, trace  # zhat: z, or adaptive's rescaled z
-        if adaptive:
-            v = jax.tree.map(lambda v, z: beta2 * v + (1 - beta2) * (delta * z) ** 2, v, trace)
-            count = count + 1
-            zhat = jax.tree.map(lambda z, v: z / jnp.sqrt(v / (1 - beta2**count) + eps), trace, v)
-        z_sum = sum(jnp.abs(z).sum() for z in jax.tree.leaves(zhat))
-        step_size = jnp.minimum(lr, lr / (lr * kappa * jnp.maximum(jnp.abs(delta), 1.0) * z_sum))
-        updates = jax.tree.map(lambda z: -step_size * delta * z, zhat)
-        trace = jax.tree.map(lambda z: jnp.where(reset, 0.0, z), trace)
-        return updates, ObGDState(trace, v, count, step_size)
+        z = jax.tree.map(lambda z, g: gamma * lamda * z + g, state.eligibility_trace, grads)
+        z_norm = sum(jnp.abs(leaf).sum() for leaf in jax.tree.leaves(z))  # ‖z‖₁
+        M = lr * kappa * jnp.maximum(jnp.abs(delta), 1.0) * z_norm  # the overshooting bound
+        step_size = lr / jnp.maximum(M, 1.0)
+        updates = jax.tree.map(lambda z: step_size * delta * z, z)
+        z = jax.tree.map(lambda z: jnp.where(reset, 0.0, z), z)
+        return updates, ObGDState(z, step_size)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-class AgentState(NamedTuple):  # what the jitted step reads and writes; donated, never on the host
-
-    params: dict  # the network's weights, Flax's dict
+class AgentState(NamedTuple):  # one agent: everything the step reads and writes
+    params: dict  # the network's weights w, Flax's dict
     opt_state: ObGDState
     obs_stats: RunningStats
     reward_stats: RunningStats
     reward_trace: jax.Array  # discounted sum of raw rewards, for reward scaling
-    frames: jax.Array  # the last 4 normalised frames, oldest first, (84, 84, 4)
-    action: jax.Array  # the action taken in them, int32
-    nongreedy: jax.Array  # whether that action differs from argmax q, bool
-    q_value: jax.Array  # q(frames, action), float32
-    grads: dict  # the gradient of -q(frames, action), like params
     global_step: jax.Array  # steps taken in all, int32
-    key: jax.Array  # the run's key; the action at global_step t uses fold_in(key, t)
+    key: jax.Array  # the run's key, from its seed
+    frames: jax.Array = None  # the last 4 normalised frames, oldest first, (84, 84, 4) (act())
+    action: jax.Array = None  # the action taken in them, int32
+    nongreedy: jax.Array = None  # whether that action differs from argmax q, bool
+    q_value: jax.Array = None  # q(frames, action), float32
+    grad_q: dict = None  # its gradient ∇q(frames, action), like params
+
+
+class StepOutput(NamedTuple):  # what the host reads after each step, per agent
+    action: jax.Array  # the next action, int32
+    epsilon: jax.Array  # its exploration rate
+    td_error: jax.Array  # δ of the update
+    step_size: jax.Array  # ObGD's α' of the update
 
 
 # ALGO LOGIC: learn from the transition just seen, then act
 def act(state: AgentState, frames, *, q_network, args: Args):
-    """NEXT ACTION: epsilon-greedy in frames (84, 84, 4); nongreedy only if a random action differs
-    from argmax q. Its forward pass also gives the gradient of -q(frames, action) the next update
-    needs (a pass less a step). Returns (the state acting in frames, [action, epsilon] float32)."""
-    t, duration = state.global_step + 1, args.exploration_fraction * args.total_steps
-    epsilon = jnp.maximum(args.start_e + (args.end_e - args.start_e) * t / duration, args.end_e)
-    key = jax.random.fold_in(state.key, state.global_step)  # a fresh key per step, none to carry
-    u = jax.random.uniform(key, (2,))  # one draw for both choices: the cheapest RNG call
+    """NEXT ACTION, of env step global_step + 1: ε-greedy in frames (84, 84, 4); returns (state, ε).
+    Its forward pass also gives q(s, a) and ∇q(s, a) for the next update (a pass less a step)."""
+    epsilon = jnp.maximum(args.start_e + (args.end_e - args.start_e) * (state.global_step + 1)
+                          / (args.exploration_fraction * args.total_steps), args.end_e)
+    u = jax.random.uniform(jax.random.fold_in(state.key, state.global_step), (2,))  # a key per step
     q_values, vjp = jax.vjp(lambda params: q_network.apply(params, frames), state.params)
     greedy = jnp.argmax(q_values)
     action = jnp.where(u[0] < epsilon, (u[1] * q_values.shape[-1]).astype(jnp.int32), greedy)
-    (grads,) = vjp(-jax.nn.one_hot(action, q_values.shape[-1]))
-    state = state._replace(frames=frames, action=action, nongreedy=action != greedy,
-                           q_value=q_values[action], grads=grads)
-    return state, jnp.stack([action, epsilon])
+    (grad_q,) = vjp(jax.nn.one_hot(action, q_values.shape[-1]))  # ∇q(s, a)
+    return state._replace(frames=frames, action=action, nongreedy=action != greedy,
+                          q_value=q_values[action], grad_q=grad_q), epsilon
 
 
 def train_step(state: AgentState, next_obs, reward, done, reset_obs, game_over, *, q_network,
                optimizer, args: Args):
     """One env step of Stream Q(λ): learn from (s, a, r, s', done; done: a life lost or game over),
     then act in the frames with next_obs (84, 84) raw pushed on, or in 4 copies of reset_obs if
-    game_over (the env was reset). Returns (state, [action, epsilon, δ, ObGD step size] float32)."""
+    game_over (the env was reset)."""
     done = jnp.asarray(done, jnp.float32)
-    state = state._replace(global_step=state.global_step + 1)  # this step's, for act()
+    state = state._replace(global_step=state.global_step + 1)  # steps taken, this one included
     obs_stats, norm_next_obs = observe(state.obs_stats, next_obs)
     next_frames = jnp.concatenate([state.frames[..., 1:], norm_next_obs[..., None]], axis=-1)
-    # REWARD SCALING (reference ScaleReward): r / sqrt(var(u) + 1e-8), u <- γu(1 - done) + r
+    # REWARD SCALING (reference ScaleReward): r / sqrt(var(u) + 1e-8), u ← γu(1 - done) + r
     reward_trace = args.gamma * state.reward_trace * (1.0 - done) + reward
     reward_stats = state.reward_stats.update(reward_trace)
     reward = reward / jnp.sqrt(reward_stats.var() + 1e-8)
-    # TD ERROR with the pre-update weights; q(s, a) and g = grad of -q(s, a) were taken by act()
-    next_q = q_network.apply(state.params, next_frames).max()
-    delta = reward + args.gamma * next_q * (1.0 - done) - state.q_value
-    # OBGD; Watkins' Q(λ) cuts the trace after a non-greedy action too
-    updates, opt_state = optimizer.update(state.grads, state.opt_state, delta=delta,
+    # TD ERROR with the pre-update weights; q(s, a) and ∇q(s, a) were taken by act()
+    next_q = q_network.apply(state.params, next_frames).max()  # max q(s', ·): no gradient taken
+    td_target = reward + args.gamma * next_q * (1.0 - done)
+    delta = td_target - state.q_value
+    # OBGD: z ← γλz + ∇q;  w ← w + α' δ z;  Watkins' Q(λ) zeroes z after a non-greedy action too
+    updates, opt_state = optimizer.update(state.grad_q, state.opt_state, delta=delta,
                                           reset=(done > 0) | state.nongreedy)
     # after a game over, the next action is taken in the reset frame; after a lost life it goes on
     reset_stats, norm_reset_obs = observe(obs_stats, reset_obs)
     reset_frames = jnp.repeat(norm_reset_obs[..., None], 4, axis=-1)
     obs_stats, frames = jax.tree.map(lambda a, b: jnp.where(game_over, a, b),
                                      (reset_stats, reset_frames), (obs_stats, next_frames))
-    state = state._replace(  # the step size is logged, not carried: one buffer fewer per call
+    state = state._replace(  # α' is logged, not carried
         params=optax.apply_updates(state.params, updates), obs_stats=obs_stats,
         opt_state=opt_state._replace(step_size=None), reward_stats=reward_stats,
         reward_trace=reward_trace)
-    state, out = act(state, frames, q_network=q_network, args=args)
-    return state, jnp.append(out, jnp.stack([delta, opt_state.step_size]))
+    state, epsilon = act(state, frames, q_network=q_network, args=args)
+    out = StepOutput(state.action, epsilon, delta, opt_state.step_size)
+    return state, ravel_pytree(out)[0]  # SPEED: one float32 array to the host, not four arrays
 
 
 def start(key, obs, *, q_network, optimizer, args: Args):
-    """A new agent acting in 4 copies of the reset frame obs (84, 84) raw; returns as train_step."""
+    """A new agent, acting in 4 copies of the reset frame obs (84, 84) raw."""
     key_init, key = jax.random.split(key)
     params = q_network.init(key_init, jnp.zeros((*obs.shape, 4)))
     zero, zeros = jnp.float32(0.0), jnp.zeros_like(obs)
     obs_stats, norm_obs = observe(RunningStats(zeros, zeros, zero), obs)
-    state = AgentState(params, optimizer.init(params), obs_stats, RunningStats(zero, zero, zero),
-                       zero, None, None, None, None, None, jnp.int32(0), key)
-    state, out = act(state, jnp.repeat(norm_obs[..., None], 4, axis=-1), q_network=q_network,
-                     args=args)
-    return state, jnp.append(out, jnp.zeros(2))
+    state = AgentState(params=params, opt_state=optimizer.init(params), obs_stats=obs_stats,
+                       reward_stats=RunningStats(zero, zero, zero), reward_trace=zero,
+                       global_step=jnp.int32(0), key=key)
+    frames = jnp.repeat(norm_obs[..., None], 4, axis=-1)
+    return act(state, frames, q_network=q_network, args=args)[0]
+
+
+# SPEED: how fast, not what is computed; each call into XLA and each array it moves costs time.
+def one_agent(fn):
+    """jax.vmap for a batch of one agent: fn runs without the agent axis (XLA's code is faster)."""
+    return lambda *batch: jax.tree.map(lambda x: x[None], fn(*jax.tree.map(lambda x: x[0], batch)))
 
 
 if __name__ == "__main__":
@@ -276,13 +279,13 @@ if __name__ == "__main__":
     if not (isinstance(action_space, gym.spaces.Discrete) and observation_space.shape == (84, 84)):
         sys.exit(f"error: {os.path.basename(__file__)} needs Discrete actions and (84, 84) frames; "
                  f"--env {args.env} has {action_space} and {observation_space}")
-    if args.device == "cpu":  # tiny nets: XLA:CPU's thread hand-offs cost more than the kernels
+    if args.device == "cpu":  # SPEED: XLA:CPU's threads would pass tiny kernels between cores
         jax.config.update("jax_platforms", "cpu")
-        jax.config.update("jax_cpu_enable_async_dispatch", False)  # the action is needed at once
+        jax.config.update("jax_cpu_enable_async_dispatch", False)  # wait for the result in place
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_cpu_enable_concurrency_optimized_scheduler=false")
-        if hasattr(os, "sched_setaffinity"):  # JAX's threads stay on the core this run started on
-            os.sched_setaffinity(0, {ctypes.CDLL(None).sched_getcpu()})
+        if hasattr(os, "sched_setaffinity"):  # Linux: every thread on the core this run is on now
+            os.sched_setaffinity(0, {ctypes.CDLL(None).sched_getcpu()})  # the C library's getter
     elif jax.default_backend() != "gpu":
         sys.exit("error: --device gpu, but JAX finds no GPU (install jax[cuda12], or --device cpu)")
     if args.track:
@@ -295,28 +298,22 @@ if __name__ == "__main__":
         table = "\n".join(f"|{key}|{value}|" for key, value in dict(vars(args), seed=seed).items())
         writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])  # each agent's from its seed
-    envs.action_space.seed(args.seed)
+    # TRY NOT TO MODIFY: seeding; each agent's env and JAX key from its seed (nothing else draws)
     obs, info = envs.reset(seed=seeds)
-    obs, lives = np.asarray(obs, np.float32), info["lives"]
+    obs, lives = np.asarray(obs, np.float32), info["lives"]  # (num_seeds, 84, 84), (num_seeds,)
+    keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
 
-    # One jitted call per env step updates every agent and returns its next action; the state is
-    # donated. Agents share a call's cost (vmap); one agent's state has no agent axis (faster code).
+    # ALGO LOGIC: the agents; one jitted call a step updates them all (jax.vmap over agents)
     q_network = QNetwork(action_space.n, args.hidden_size)
-    optimizer = obgd(args.lr, args.gamma, args.lamda, args.kappa, args.optimizer == "adaptive")
+    optimizer = obgd(args.lr, args.gamma, args.lamda, args.kappa)
     kwargs = dict(q_network=q_network, optimizer=optimizer, args=args)
-    batch = jax.vmap if args.num_seeds > 1 else lambda f: lambda state, *xs: (lambda s, out: (
-        s, out[None]))(*f(state, *(x[0] for x in xs)))
-    step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)
-    state, out = jax.jit(jax.vmap(partial(start, **kwargs)))(keys, obs)
-    state = state if args.num_seeds > 1 else jax.tree.map(lambda x: x[0], state)
-    action = np.asarray(out)[:, 0].astype(np.int64)
+    batch = jax.vmap if args.num_seeds > 1 else one_agent
+    state = jax.jit(batch(partial(start, **kwargs)))(keys, obs)  # every leaf (num_seeds, ...)
+    step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)  # state: in place
+    action = np.asarray(state.action)
 
     start_time = time.time()
-    diagnostic_sums, last_return = np.zeros((args.num_seeds, 2)), np.full(args.num_seeds, np.nan)
+    diagnostic_sums = np.zeros((args.num_seeds, 4))  # |StepOutput| summed since the last log
     progress = tqdm.trange(1, args.total_steps + 1, disable=None)  # quiet if not on a terminal
     try:
         for global_step in progress:
@@ -328,33 +325,35 @@ if __name__ == "__main__":
             next_obs = reset_obs.copy() if len(ended) else reset_obs
             for i in ended:  # info["final_obs"] holds their terminal observation
                 next_obs[i] = info["final_obs"][i]
+            # LEARN, THEN ACT: every agent, in one call
             state, out = step_fn(state, next_obs, reward.astype(np.float32), done, reset_obs,
                                  game_over)
-            out = np.asarray(out)
-            action, epsilon = out[:, 0].astype(np.int64), out[:, 1]
-            for i in np.flatnonzero(~np.isfinite(out[:, 2])):  # a non-finite δ stops the run
+            out = np.asarray(out)  # StepOutput's fields side by side, (num_seeds, 4)
+            diagnostic_sums += np.abs(out)
+            out = StepOutput(*out.T)  # each field (num_seeds,)
+            action = out.action.astype(np.int64)
+            for i in np.flatnonzero(~np.isfinite(out.td_error)):  # a non-finite δ stops the run
                 sys.exit(f"error: non-finite TD error at global_step={global_step} for seed "
                          f"{seeds[i]}; logs so far are in runs/{run_names[i]}")
             for i in ended:
-                episodic_return, length = (float(info["final_info"]["episode"][k][i]) for k in "rl")
+                episode = info["final_info"]["episode"]
+                episodic_return, length = float(episode["r"][i]), int(episode["l"][i])
                 writers[i].add_scalar("charts/episodic_return", episodic_return, global_step)
                 writers[i].add_scalar("charts/episodic_length", length, global_step)
-                writers[i].add_scalar("charts/epsilon", epsilon[i], global_step)
-                last_return[i] = episodic_return
+                writers[i].add_scalar("charts/epsilon", out.epsilon[i], global_step)
+                progress.set_postfix(episodic_return=episodic_return, refresh=False)
                 if args.debug:
                     print(f"seed={seeds[i]}, global_step={global_step}, episodic_return="
-                          f"{episodic_return:.1f}, episodic_length={length:.0f}, "
-                          f"epsilon={epsilon[i]:.3f}")
-            diagnostic_sums += np.abs(out[:, 2:])
+                          f"{episodic_return:.1f}, episodic_length={length}, "
+                          f"epsilon={out.epsilon[i]:.3f}")
             if global_step % 1000 == 0:  # the diagnostics: mean |δ| and step size since last log
                 sps = int(global_step / (time.time() - start_time))
-                for writer, (td_error, step_size) in zip(writers, diagnostic_sums / 1000):
+                means = StepOutput(*(diagnostic_sums / 1000).T)
+                for i, writer in enumerate(writers):
                     writer.add_scalar("charts/SPS", sps, global_step)
-                    writer.add_scalar("losses/td_error", td_error, global_step)
-                    writer.add_scalar("charts/obgd_step_size", step_size, global_step)
+                    writer.add_scalar("losses/td_error", means.td_error[i], global_step)
+                    writer.add_scalar("charts/obgd_step_size", means.step_size[i], global_step)
                 diagnostic_sums[:] = 0.0
-                if not np.isnan(last_return).all():
-                    progress.set_postfix(episodic_return=np.nanmean(last_return), refresh=False)
     except KeyboardInterrupt:
         sys.exit(f"error: interrupted at global_step={global_step}; logs so far are in runs/")
     finally:  # every log flushed
@@ -362,8 +361,7 @@ if __name__ == "__main__":
             closable.close()
     for i, run_name in enumerate(run_names if args.save_model else []):
         with open(f"runs/{run_name}/{args.exp_name}.cleanrl_model", "wb") as f:
-            agent = jax.tree.map(lambda x: x[i], state) if args.num_seeds > 1 else state
-            f.write(flax.serialization.to_bytes(agent))
+            f.write(flax.serialization.to_bytes(jax.tree.map(lambda x: x[i], state)))
     if args.track and args.capture_video:
         for name in sorted(os.listdir(video)):
             wandb.log({"videos": wandb.Video(f"{video}/{name}")})
