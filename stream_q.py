@@ -231,7 +231,7 @@ def start(key, obs, *, q_network, optimizer, args: Args, time_limit: int):
     return act(state, norm_obs, q_network.apply(params, norm_obs), args)[0]
 
 
-# SPEED: how fast, not what is computed; each call into XLA and each array it moves costs time.
+# SPEED (skip on a first read): a step costs mostly the call into XLA and the arrays it moves.
 def flat(module: nn.Module, in_dim: int):
     """module's init and apply on its weights as one flat vector, fewer arrays than a dict."""
     unravel = ravel_pytree(module.init(jax.random.PRNGKey(0), jnp.zeros(in_dim)))[1]
@@ -283,7 +283,7 @@ if __name__ == "__main__":
         writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
     # TRY NOT TO MODIFY: seeding; each agent's env and JAX key from its seed (nothing else draws)
-    obs = np.asarray(envs.reset(seed=seeds)[0], np.float32)  # (num_seeds, obs_dim)
+    obs = np.asarray(envs.reset(seed=seeds)[0], np.float32)  # (num_seeds, *observation shape)
     keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
 
     # ALGO LOGIC: the agents; one jitted call a step updates them all (jax.vmap over agents)

@@ -255,7 +255,7 @@ def start(key, obs, *, q_network, optimizer, args: Args):
     return act(state, frames, q_network=q_network, args=args)[0]
 
 
-# SPEED: how fast, not what is computed; each call into XLA and each array it moves costs time.
+# SPEED (skip on a first read): a step costs mostly the call into XLA and the arrays it moves.
 def one_agent(fn):
     """jax.vmap for a batch of one agent: fn runs without the agent axis (XLA's code is faster)."""
     return lambda *batch: jax.tree.map(lambda x: x[None], fn(*jax.tree.map(lambda x: x[0], batch)))

@@ -238,7 +238,7 @@ def start(key, obs, *, q_network, optimizer, args: Args):
     return act(state, norm_obs, q_network.apply(params, norm_obs), args)[0]
 
 
-# SPEED: how fast, not what is computed; each call into XLA and each array it moves costs time.
+# SPEED (skip on a first read): a step costs mostly the call into XLA and the arrays it moves.
 def one_agent(fn):
     """jax.vmap for a batch of one agent: fn runs without the agent axis (XLA's code is faster)."""
     return lambda *batch: jax.tree.map(lambda x: x[None], fn(*jax.tree.map(lambda x: x[0], batch)))
@@ -283,7 +283,7 @@ if __name__ == "__main__":
         writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
     # TRY NOT TO MODIFY: seeding; each agent's env and JAX key from its seed (nothing else draws)
-    obs = np.asarray(envs.reset(seed=seeds)[0], np.float32)  # (num_seeds, 10, 10, C)
+    obs = np.asarray(envs.reset(seed=seeds)[0], np.float32)  # (num_seeds, *observation shape)
     keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
 
     # ALGO LOGIC: the agents; one jitted call a step updates them all (jax.vmap over agents)

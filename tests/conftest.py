@@ -94,8 +94,8 @@ gym.register("TestAle-v0", entry_point=FakeAle)
 gym.register("TestNanAle-v0", entry_point=FakeAle, kwargs=dict(nan_after=400))
 
 # RECORD_CALLS=FILE: pickle, for every call of a jitted function, the arguments after the first (the
-# state, or the keys), its `out` and the returned state's field RECORD_FIELD (if set), as NumPy
-# arrays, and the number of TestAle resets, to FILE
+# state, or the keys), its packed `out` (None for start) and the returned state's field RECORD_FIELD
+# (if set), as NumPy arrays, and the number of TestAle resets, to FILE
 calls, outs, fields = [], [], []
 if os.environ.get("RECORD_CALLS"):
     import jax
@@ -104,11 +104,12 @@ if os.environ.get("RECORD_CALLS"):
         jitted = jit(fun, **kwargs)
         def call(*args):
             calls.append([np.array(a) for a in args[1:]])
-            state, out = jitted(*args)
-            outs.append(np.array(out))
+            result = jitted(*args)  # start: the state; train_step: (state, out)
+            state, out = (result, None) if hasattr(result, "_fields") else result
+            outs.append(None if out is None else np.array(out))
             if os.environ.get("RECORD_FIELD"):
                 fields.append(np.array(getattr(state, os.environ["RECORD_FIELD"])))
-            return state, out
+            return result
         return call
     jax.jit = recording_jit
 sys.argv = sys.argv[1:]
@@ -206,13 +207,14 @@ def numeric_grad(f, params, h=1e-5):
 
 
 def np_obgd(params, trace, grads, delta, reset, kappa, gamma, lamda, lr=1.0):
-    """NumPy ObGD (Elsayed et al. 2024, Algorithm 3) over dicts of arrays: (params, trace, step
-    size)."""
+    """NumPy ObGD (Elsayed et al. 2024, Algorithm 3) over dicts of arrays, in the paper's signs:
+    grads is the gradient of the value (not of a loss) and w <- w + a' δ z. Returns (params, trace,
+    step size a')."""
     trace = {k: gamma * lamda * trace[k] + grads[k] for k in params}
     z_sum = sum(np.abs(z).sum() for z in trace.values())
     m = lr * kappa * max(abs(delta), 1.0) * z_sum
     step = lr / max(m, 1.0)
-    params = {k: params[k] - step * delta * trace[k] for k in params}
+    params = {k: params[k] + step * delta * trace[k] for k in params}
     if reset:
         trace = {k: np.zeros_like(z) for k, z in trace.items()}
     return params, trace, step
@@ -254,3 +256,13 @@ def record_run(script, *flags, cwd, field=None, check=True):
     assert result.returncode == 0 or not check, result.stderr
     with open(record, "rb") as f:
         return dict(pickle.load(f), returncode=result.returncode)
+
+
+def unpack(module, out):
+    """module.StepOutput of train_step's packed out (..., fields): the action first (one entry, or
+    action_dim of them), then one entry for each other field, in the order the NamedTuple names."""
+    out = np.asarray(out)
+    rest = len(module.StepOutput._fields) - 1
+    action = out[..., :-rest]
+    action = action[..., 0] if action.shape[-1] == 1 else action
+    return module.StepOutput(action, *np.moveaxis(out[..., -rest:], -1, 0))

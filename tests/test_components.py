@@ -1,5 +1,5 @@
 """Each piece of the flat-observation scripts against an independent NumPy reference written here:
-ObGD and AdaptiveObGD, the networks, the normalisers, action selection, and several consecutive
+ObGD in the paper's signs, the networks, the normalisers, action selection, and several consecutive
 train_steps of every algorithm (traces carried, episodes ending, the next episode starting)."""
 
 import inspect
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import from_np, np_mlp, np_obgd, numeric_grad, to_np
+from conftest import from_np, np_mlp, np_obgd, numeric_grad, to_np, unpack
 from jax.flatten_util import ravel_pytree
 
 import stream_ac_continuous
@@ -60,7 +60,7 @@ def test_obgd_one_step(lr, bound_active):
     assert isinstance(optimizer, optax.GradientTransformationExtraArgs)
     fresh = optimizer.init(as_jax(params))
     assert not any(np.any(z) for z in fresh.eligibility_trace.values())
-    assert fresh.v is None and fresh.count is None  # plain ObGD carries the trace only
+    assert fresh.step_size is None  # ObGD carries the trace only
     state = fresh._replace(eligibility_trace=as_jax(trace))
     updates, new_state = optimizer.update(
         as_jax(grads), state, delta=jnp.float32(delta), reset=jnp.bool_(False)
@@ -85,73 +85,6 @@ def test_obgd_one_step(lr, bound_active):
             atol=1e-6,
         )
         assert not np.any(reset_state.eligibility_trace[k])
-
-
-class NpAdaptiveObGD:
-    """A NumPy transcription of the reference's optim.py AdaptiveObGD (407dca7), float64."""
-
-    def __init__(self, params, lr=1.0, gamma=0.99, lamda=0.8, kappa=2.0, beta2=0.999, eps=1e-8):
-        self.p = {k: v.copy() for k, v in params.items()}
-        self.e = {k: np.zeros_like(v) for k, v in params.items()}
-        self.v = {k: np.zeros_like(v) for k, v in params.items()}
-        self.lr, self.gamma, self.lamda, self.kappa, self.beta2, self.eps = (
-            lr,
-            gamma,
-            lamda,
-            kappa,
-            beta2,
-            eps,
-        )
-        self.counter = 0
-
-    def step(self, grads, delta, reset=False):
-        z_sum = 0.0
-        self.counter += 1
-        for k in self.p:
-            self.e[k] = self.e[k] * self.gamma * self.lamda + grads[k]
-            self.v[k] = self.v[k] * self.beta2 + (1.0 - self.beta2) * (delta * self.e[k]) ** 2
-            v_hat = self.v[k] / (1.0 - self.beta2**self.counter)
-            z_sum += np.abs(self.e[k] / np.sqrt(v_hat + self.eps)).sum()
-        dot_product = max(abs(delta), 1.0) * z_sum * self.lr * self.kappa
-        step_size = self.lr / dot_product if dot_product > 1 else self.lr
-        for k in self.p:
-            v_hat = self.v[k] / (1.0 - self.beta2**self.counter)
-            self.p[k] = self.p[k] - step_size * delta * self.e[k] / np.sqrt(v_hat + self.eps)
-            if reset:
-                self.e[k] = np.zeros_like(self.e[k])
-        return step_size
-
-
-@pytest.mark.parametrize("module", [stream_q])
-def test_adaptive_obgd_against_the_references_optimiser_over_steps_with_a_reset(module):
-    rng = np.random.default_rng(0)
-    params = {"a": rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
-    reference = NpAdaptiveObGD(params)
-    optimizer = module.obgd(1.0, 0.99, 0.8, 2.0, adaptive=True)
-    jax_params, state = as_jax(params), optimizer.init(as_jax(params))
-    assert int(state.count) == 0 and not any(np.any(v) for v in state.v.values())
-    # small and large gradients, so the bound is active in some steps and not in others
-    for t, (scale, reset) in enumerate(
-        [(1.0, False), (1e-3, False), (0.3, True), (1e-3, False), (2.0, False)]
-    ):
-        grads = {k: scale * rng.normal(size=v.shape) for k, v in params.items()}
-        delta = float(rng.normal() * 2)
-        step = reference.step(grads, delta, reset)
-        updates, state = optimizer.update(
-            as_jax(grads), state, delta=jnp.float32(delta), reset=jnp.bool_(reset)
-        )
-        jax_params = optax.apply_updates(jax_params, updates)
-        assert float(state.step_size) == pytest.approx(step, rel=1e-4), t
-        assert int(state.count) == t + 1  # the bias correction counts every update, resets too
-        for k in params:
-            np.testing.assert_allclose(jax_params[k], reference.p[k], rtol=1e-4, atol=1e-5)
-            np.testing.assert_allclose(
-                state.eligibility_trace[k], reference.e[k], rtol=1e-4, atol=1e-6
-            )
-            np.testing.assert_allclose(state.v[k], reference.v[k], rtol=1e-4, atol=1e-9)
-        if reset:  # z is zeroed, v is kept
-            assert not any(np.any(z) for z in state.eligibility_trace.values())
-            assert all(np.all(v > 0) for v in state.v.values())
 
 
 @pytest.mark.parametrize("module", [stream_q])
@@ -222,32 +155,31 @@ def test_welford_observation_normaliser_over_a_stream(module):
 
 
 def make_kwargs(module, obs_dim, n_actions, hidden_size=8, **arg_overrides):
-    """The keyword arguments the script's __main__ gives start() and train_step()."""
+    """(args, the keyword arguments the script's __main__ gives start() and train_step(), and the
+    unravel of each network's flat weight vector by name, to read the weights back as dicts)."""
     args = module.Args(hidden_size=hidden_size, total_steps=1000, **arg_overrides)
     zeros, key = jnp.zeros(obs_dim + 1), jax.random.PRNGKey(0)
-    optimizer = partial(
-        module.obgd, args.lr, args.gamma, args.lamda, adaptive=args.optimizer != "obgd"
-    )
+    optimizer = partial(module.obgd, args.lr, args.gamma, args.lamda)
     if hasattr(module, "QNetwork"):
         net = module.QNetwork(n_actions, hidden_size)
-        return args, dict(
-            q_network=net,
-            unravel=ravel_pytree(net.init(key, zeros))[1],
+        kw = dict(
+            q_network=module.flat(net, obs_dim + 1),
             args=args,
             optimizer=optimizer(args.kappa),
             time_limit=T,
         )
+        return args, kw, {"q": ravel_pytree(net.init(key, zeros))[1]}
     actor, critic = module.Actor(n_actions, hidden_size), module.Critic(hidden_size)
-    return args, dict(
-        actor=actor,
-        critic=critic,
-        unravel_policy=ravel_pytree(actor.init(key, zeros))[1],
-        unravel_value=ravel_pytree(critic.init(key, zeros))[1],
+    kw = dict(
+        actor=module.flat(actor, obs_dim + 1),
+        critic=module.flat(critic, obs_dim + 1),
         args=args,
         time_limit=T,
         policy_optimizer=optimizer(args.kappa_policy),
         value_optimizer=optimizer(args.kappa_value),
     )
+    unravel = {"policy": ravel_pytree(actor.init(key, zeros))[1]}
+    return args, kw, dict(unravel, value=ravel_pytree(critic.init(key, zeros))[1])
 
 
 class NpAgent:
@@ -283,9 +215,10 @@ class NpAgent:
         self.x = self.normalise(reset_obs) if done else next_x
         return x, next_x, reward / math.sqrt(var + 1e-8)
 
-    def update(self, name, loss, delta, reset, kappa):
-        """ObGD on network name with g = numeric grad of loss(params); returns the step size."""
-        grads = numeric_grad(loss, self.networks[name])
+    def update(self, name, value, delta, reset, kappa):
+        """ObGD on network name with g = the numeric gradient of value(params) (q(s, a), v(s), or
+        the actor's log π + β sign(δ) H); returns the step size."""
+        grads = numeric_grad(value, self.networks[name])
         self.networks[name], self.traces[name], step = np_obgd(
             self.networks[name],
             self.traces[name],
@@ -323,10 +256,10 @@ def transitions(obs_dim, seed=7):
 @pytest.mark.parametrize("epsilon", [0.0, 1.0], ids=["greedy", "random"])
 @pytest.mark.parametrize("module", [stream_q, stream_sarsa])
 def test_value_based_train_steps_against_numpy(module, epsilon):
-    args, kw = make_kwargs(module, 4, 3, start_e=epsilon, end_e=epsilon)
+    args, kw, unravel = make_kwargs(module, 4, 3, start_e=epsilon, end_e=epsilon)
     obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
-    state, out = module.start(jax.random.PRNGKey(0), obs, **kw)
-    p = random_params(kw["unravel"], state.params, 3)
+    state = module.start(jax.random.PRNGKey(0), obs, **kw)
+    p = random_params(unravel["q"], state.params, 3)
     state = state._replace(params=from_np(p, ravel=True))
     reference = NpAgent(obs, {"q": p}, args.gamma, args.lamda)
     step_fn = jax.jit(partial(module.train_step, **kw))
@@ -334,21 +267,23 @@ def test_value_based_train_steps_against_numpy(module, epsilon):
     for t, (next_obs, reward, done, reset_obs) in enumerate(transitions(4)):
         a, nongreedy = int(state.action), bool(getattr(state, "nongreedy", False))
         new_state, out = step_fn(state, next_obs, reward, done, reset_obs)
+        out = unpack(module, out)
         x, next_x, r = reference.observe(next_obs, reward, done, reset_obs)
         q = reference.networks["q"]
         if module is stream_q:  # max over a'; Watkins' Q(λ) cuts the trace after a non-greedy a
             bootstrap, reset = head(q, next_x).max(), done or nongreedy
         else:  # a' = the action the agent takes next, picked in s' with the pre-update weights
-            bootstrap, reset = head(q, next_x)[int(out[0])], done
+            bootstrap, reset = head(q, next_x)[int(out.action)], done
         delta = r + args.gamma * bootstrap * (1 - done) - head(q, x)[a]
-        step = reference.update("q", lambda p: -head(p, x)[a], delta, reset, args.kappa)
-        assert float(out[2]) == pytest.approx(delta, rel=1e-3, abs=1e-3), t
-        assert float(out[3]) == pytest.approx(step, rel=1e-3), t
+        step = reference.update("q", lambda p: head(p, x)[a], delta, reset, args.kappa)
+        assert float(out.td_error) == pytest.approx(delta, rel=1e-3, abs=1e-3), t
+        assert float(out.step_size) == pytest.approx(step, rel=1e-3), t
+        assert int(out.action) == int(new_state.action), t
         assert_close(
-            to_np(new_state.params, kw["unravel"]), reference.networks["q"], f"step {t} weights"
+            to_np(new_state.params, unravel["q"]), reference.networks["q"], f"step {t} weights"
         )
         assert_close(
-            to_np(new_state.opt_state.eligibility_trace, kw["unravel"]),
+            to_np(new_state.opt_state.eligibility_trace, unravel["q"]),
             reference.traces["q"],
             f"step {t} trace",
         )
@@ -362,11 +297,11 @@ def test_value_based_train_steps_against_numpy(module, epsilon):
 @pytest.mark.parametrize("module", [stream_ac_discrete, stream_ac_continuous])
 def test_actor_critic_train_steps_against_numpy(module):
     continuous = module is stream_ac_continuous
-    args, kw = make_kwargs(module, 3, 2)
+    args, kw, unravel = make_kwargs(module, 3, 2)
     obs = np.array([0.1, -0.2, 0.3], np.float32)
-    state, _ = module.start(jax.random.PRNGKey(0), obs, **kw)
-    pp = random_params(kw["unravel_policy"], state.policy_params, 4)
-    vp = random_params(kw["unravel_value"], state.value_params, 5)
+    state = module.start(jax.random.PRNGKey(0), obs, **kw)
+    pp = random_params(unravel["policy"], state.policy_params, 4)
+    vp = random_params(unravel["value"], state.value_params, 5)
     state = state._replace(
         policy_params=from_np(pp, ravel=True), value_params=from_np(vp, ravel=True)
     )
@@ -377,6 +312,7 @@ def test_actor_critic_train_steps_against_numpy(module):
     for t, (next_obs, reward, done, reset_obs) in enumerate(transitions(3)):
         a = np.asarray(state.action, np.float64) if continuous else int(state.action)
         new_state, out = step_fn(state, next_obs, reward, done, reset_obs)
+        out = unpack(module, out)
         x, next_x, r = reference.observe(next_obs, reward, done, reset_obs)
         v = lambda p, s: head(p, s)[0]  # noqa: E731
         delta = (
@@ -385,7 +321,7 @@ def test_actor_critic_train_steps_against_numpy(module):
             - v(reference.networks["value"], x)
         )
 
-        def policy_loss(p):
+        def policy_objective(p):  # its gradient: the actor's g
             if continuous:
                 mu, std = head(p, x), np.log1p(np.exp(head(p, x, 3)))
                 log_prob = (
@@ -396,19 +332,20 @@ def test_actor_critic_train_steps_against_numpy(module):
                 logits = head(p, x)
                 log_probs = logits - np.log(np.exp(logits).sum())
                 log_prob, entropy = log_probs[a], -(np.exp(log_probs) * log_probs).sum()
-            return -log_prob - args.entropy_coeff * np.sign(delta) * entropy
+            return log_prob + args.entropy_coeff * np.sign(delta) * entropy
 
-        step_v = reference.update("value", lambda p: -v(p, x), delta, done, args.kappa_value)
-        step_p = reference.update("policy", policy_loss, delta, done, args.kappa_policy)
-        assert float(out[-3]) == pytest.approx(delta, rel=1e-3, abs=1e-3), t
-        np.testing.assert_allclose(np.asarray(out[-2:]), [step_p, step_v], rtol=1e-3)
-        for name, unravel in (("policy", kw["unravel_policy"]), ("value", kw["unravel_value"])):
+        step_v = reference.update("value", lambda p: v(p, x), delta, done, args.kappa_value)
+        step_p = reference.update("policy", policy_objective, delta, done, args.kappa_policy)
+        assert float(out.td_error) == pytest.approx(delta, rel=1e-3, abs=1e-3), t
+        assert float(out.policy_step_size) == pytest.approx(step_p, rel=1e-3), t
+        assert float(out.value_step_size) == pytest.approx(step_v, rel=1e-3), t
+        for name in ("policy", "value"):
             assert_close(
-                to_np(getattr(new_state, f"{name}_params"), unravel),
+                to_np(getattr(new_state, f"{name}_params"), unravel[name]),
                 reference.networks[name],
                 f"step {t} {name} weights",
             )
-            trace = to_np(getattr(new_state, f"{name}_opt_state").eligibility_trace, unravel)
+            trace = to_np(getattr(new_state, f"{name}_opt_state").eligibility_trace, unravel[name])
             assert_close(trace, reference.traces[name], f"step {t} {name} trace")
             assert (
                 not any(np.any(z) for z in trace.values())
@@ -422,22 +359,18 @@ def test_actor_critic_train_steps_against_numpy(module):
         )
         # the action returned is the one stored, and it was
         # drawn from the policy of that observation
-        np.testing.assert_array_equal(
-            np.asarray(out[:-3]), np.atleast_1d(np.asarray(new_state.action))
-        )
+        np.testing.assert_array_equal(out.action, np.asarray(new_state.action))
         state = new_state
 
 
 def test_continuous_action_is_a_sample_of_the_policy_and_left_unclipped():
-    args, kw = make_kwargs(stream_ac_continuous, 3, 2)
-    state, _ = stream_ac_continuous.start(jax.random.PRNGKey(0), np.zeros(3, np.float32), **kw)
+    args, kw, _ = make_kwargs(stream_ac_continuous, 3, 2)
+    state = stream_ac_continuous.start(jax.random.PRNGKey(0), np.zeros(3, np.float32), **kw)
     norm_obs = jnp.array([0.3, -1.0, 2.0, -0.5])
-    mu, std = kw["actor"].apply(kw["unravel_policy"](state.policy_params), norm_obs)
-    act = jax.jit(
-        partial(stream_ac_continuous.act, actor=kw["actor"], unravel_policy=kw["unravel_policy"])
-    )
+    mu, std = kw["actor"].apply(state.policy_params, norm_obs)
+    act = jax.jit(partial(stream_ac_continuous.act, actor=kw["actor"]))
     samples = np.array(
-        [act(state._replace(key=jax.random.PRNGKey(i)), norm_obs)[1] for i in range(400)]
+        [act(state._replace(key=jax.random.PRNGKey(i)), norm_obs).action for i in range(400)]
     )
     np.testing.assert_allclose(samples.mean(0), mu, atol=4 * float(std.max()) / 20)
     np.testing.assert_allclose(samples.std(0), std, rtol=0.15)
@@ -451,20 +384,18 @@ def test_continuous_action_is_a_sample_of_the_policy_and_left_unclipped():
 
 
 def test_categorical_action_follows_the_softmax_of_the_logits():
-    args, kw = make_kwargs(stream_ac_discrete, 3, 3)
-    state, _ = stream_ac_discrete.start(jax.random.PRNGKey(0), np.zeros(3, np.float32), **kw)
-    p = random_params(kw["unravel_policy"], state.policy_params, 1)
+    args, kw, unravel = make_kwargs(stream_ac_discrete, 3, 3)
+    state = stream_ac_discrete.start(jax.random.PRNGKey(0), np.zeros(3, np.float32), **kw)
+    p = random_params(unravel["policy"], state.policy_params, 1)
     state, norm_obs = (
         state._replace(policy_params=from_np(p, ravel=True)),
         jnp.array([0.3, -1.0, 2.0, -0.5]),
     )
     logits = head(p, np.asarray(norm_obs, np.float64))
     probs = np.exp(logits) / np.exp(logits).sum()
-    act = jax.jit(
-        partial(stream_ac_discrete.act, actor=kw["actor"], unravel_policy=kw["unravel_policy"])
-    )
+    act = jax.jit(partial(stream_ac_discrete.act, actor=kw["actor"]))
     counts = np.bincount(
-        [int(act(state._replace(key=jax.random.PRNGKey(i)), norm_obs)[1][0]) for i in range(2000)],
+        [int(act(state._replace(key=jax.random.PRNGKey(i)), norm_obs).action) for i in range(2000)],
         minlength=3,
     )
     np.testing.assert_allclose(counts / 2000, probs, atol=0.04)
@@ -473,14 +404,14 @@ def test_categorical_action_follows_the_softmax_of_the_logits():
 def q_agent(module, **arg_overrides):
     """(args, kwargs, state) of a fresh agent of a Q script, with a small network."""
     if module in (stream_q, stream_sarsa):
-        args, kw = make_kwargs(module, 4, 3, **arg_overrides)
-        return args, kw, module.start(jax.random.PRNGKey(0), np.zeros(4, np.float32), **kw)[0]
+        args, kw, _ = make_kwargs(module, 4, 3, **arg_overrides)
+        return args, kw, module.start(jax.random.PRNGKey(0), np.zeros(4, np.float32), **kw)
     args = module.Args(hidden_size=4, total_steps=1000, **arg_overrides)
     kw = dict(
         q_network=module.QNetwork(3, 4), optimizer=module.obgd(1.0, 0.99, 0.8, 2.0), args=args
     )
     obs = np.zeros((10, 10, 2) if module is stream_q_minatar else (84, 84), np.float32)
-    return args, kw, module.start(jax.random.PRNGKey(0), obs, **kw)[0]
+    return args, kw, module.start(jax.random.PRNGKey(0), obs, **kw)
 
 
 @pytest.mark.parametrize("module", [stream_q, stream_q_minatar])
@@ -491,8 +422,7 @@ def test_act_marks_a_random_action_nongreedy_only_when_it_differs_from_argmax_q(
     act = jax.jit(partial(module.act, args=args))
     flags = []
     for i in range(200):
-        new_state, out = act(state._replace(key=jax.random.PRNGKey(i)), state.norm_obs, q_values)
-        assert int(out[0]) == int(new_state.action)
+        new_state, _ = act(state._replace(key=jax.random.PRNGKey(i)), state.norm_obs, q_values)
         assert bool(new_state.nongreedy) == (int(new_state.action) != 1), i
         flags.append(bool(new_state.nongreedy))
     # epsilon 0.5 with 3 actions: a random action half the
@@ -512,7 +442,7 @@ def test_epsilon_decays_linearly_over_the_exploration_fraction(module):
         act = jax.jit(partial(module.act, args=args))
         call = lambda t: act(state._replace(global_step=jnp.int32(t)), state.norm_obs, jnp.zeros(3))  # noqa: E731
     for t in (0, 9, int(duration) - 1, 4999):
-        assert float(call(t)[1][1]) == pytest.approx(
+        assert float(call(t)[1]) == pytest.approx(
             max(1 - 0.99 * (t + 1) / duration, 0.01), abs=1e-6
         ), t
 
@@ -520,8 +450,8 @@ def test_epsilon_decays_linearly_over_the_exploration_fraction(module):
 def test_reward_scaling_over_a_stream_restarts_the_trace_at_each_episode_end():
     rng = np.random.default_rng(0)
     rewards, dones = rng.normal(1.0, 2.0, size=60).astype(np.float32), rng.random(60) < 0.1
-    _, kw = make_kwargs(stream_q, 4, 2)
-    state, _ = stream_q.start(jax.random.PRNGKey(0), np.zeros(4, np.float32), **kw)
+    _, kw, _ = make_kwargs(stream_q, 4, 2)
+    state = stream_q.start(jax.random.PRNGKey(0), np.zeros(4, np.float32), **kw)
     step_fn = jax.jit(partial(stream_q.train_step, **kw))
     gamma, u, us = 0.99, 0.0, []
     for r, d in zip(rewards, dones):
@@ -534,10 +464,10 @@ def test_reward_scaling_over_a_stream_restarts_the_trace_at_each_episode_end():
 
 
 def test_sarsa_target_uses_the_action_taken_not_the_max():
-    args, kw = make_kwargs(stream_sarsa, 4, 2)
+    args, kw, unravel = make_kwargs(stream_sarsa, 4, 2)
     obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
-    state, _ = stream_sarsa.start(jax.random.PRNGKey(0), obs, **kw)
-    p = random_params(kw["unravel"], state.params, 3)
+    state = stream_sarsa.start(jax.random.PRNGKey(0), obs, **kw)
+    p = random_params(unravel["q"], state.params, 3)
     state = state._replace(params=from_np(p, ravel=True))
     next_obs = np.array([0.2, 0.1, -0.3, 0.4], np.float32)
     reference = NpAgent(obs, {"q": p}, args.gamma, args.lamda)
@@ -553,7 +483,8 @@ def test_sarsa_target_uses_the_action_taken_not_the_max():
             next_obs,
             **kw,
         )
-        deltas[int(out[0])] = float(out[2])
+        out = unpack(stream_sarsa, out)
+        deltas[int(out.action)] = float(out.td_error)
     assert set(deltas) == {0, 1}
     assert deltas[1] - deltas[0] == pytest.approx(
         args.gamma * (q_next[1] - q_next[0]), rel=1e-3, abs=1e-4
@@ -564,10 +495,10 @@ def test_sarsa_carries_a_prime_from_the_terminal_observation_into_the_next_episo
     """As the reference: the episode's first action is a', picked greedily in the terminal s' with
     the pre-update weights, while the agent's observation is the reset one. Weights are drawn until
     that a' differs from the greedy action in the reset observation, so the two cannot agree."""
-    args, kw = make_kwargs(stream_sarsa, 4, 2, start_e=0.0, end_e=0.0)  # greedy
+    args, kw, unravel = make_kwargs(stream_sarsa, 4, 2, start_e=0.0, end_e=0.0)  # greedy
     obs = np.array([0.1, -0.2, 0.3, 0.05], np.float32)
     next_obs, reset_obs = np.full(4, 5.0, np.float32), np.full(4, -5.0, np.float32)
-    state, _ = stream_sarsa.start(jax.random.PRNGKey(0), obs, **kw)
+    state = stream_sarsa.start(jax.random.PRNGKey(0), obs, **kw)
     seen = np.stack([obs, next_obs]).astype(np.float64)
     next_x = np.append(
         (next_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5 + 1 / T
@@ -575,7 +506,7 @@ def test_sarsa_carries_a_prime_from_the_terminal_observation_into_the_next_episo
     seen = np.stack([obs, next_obs, reset_obs]).astype(np.float64)
     reset_x = np.append((reset_obs - seen.mean(0)) / np.sqrt(seen.var(0, ddof=1) + 1e-8), -0.5)
     for seed in range(3, 50):
-        p = random_params(kw["unravel"], state.params, seed)
+        p = random_params(unravel["q"], state.params, seed)
         new_state, out = stream_sarsa.train_step(
             state._replace(params=from_np(p, ravel=True)),
             next_obs,
@@ -584,10 +515,11 @@ def test_sarsa_carries_a_prime_from_the_terminal_observation_into_the_next_episo
             reset_obs,
             **kw,
         )
-        q_reset = kw["q_network"].apply(kw["unravel"](new_state.params), jnp.asarray(reset_x))
+        q_reset = kw["q_network"].apply(new_state.params, jnp.asarray(reset_x))
         if np.argmax(head(p, next_x)) != np.argmax(np.asarray(q_reset)):
             break
     else:
         pytest.fail("no weights found whose terminal and reset greedy actions differ")
     np.testing.assert_allclose(new_state.norm_obs, reset_x, rtol=1e-4, atol=1e-4)
-    assert int(out[0]) == int(new_state.action) == int(np.argmax(head(p, next_x)))
+    out = unpack(stream_sarsa, out)
+    assert int(out.action) == int(new_state.action) == int(np.argmax(head(p, next_x)))

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import from_np, np_layer_norm, np_obgd, numeric_grad, to_np
+from conftest import from_np, np_layer_norm, np_obgd, numeric_grad, to_np, unpack
 
 import stream_q_atari
 import stream_q_minatar
@@ -122,7 +122,7 @@ def test_minatar_train_steps_against_numpy():
     rng = np.random.default_rng(0)
     frame = lambda: (rng.random(obs_shape) < 0.3).astype(np.float32)  # noqa: E731
     obs = frame()
-    state, _ = stream_q_minatar.start(jax.random.PRNGKey(0), obs, **kw)
+    state = stream_q_minatar.start(jax.random.PRNGKey(0), obs, **kw)
     p = {
         k: np.random.default_rng(3).normal(0, 0.3, size=v.shape)
         for k, v in to_np(state.params).items()
@@ -139,18 +139,19 @@ def test_minatar_train_steps_against_numpy():
         next_obs, reset_obs, reward = frame(), frame(), float(rng.normal(1, 2))
         a, nongreedy = int(state.action), bool(state.nongreedy)
         new_state, out = step_fn(state, next_obs, np.float32(reward), done, reset_obs)
+        out = unpack(stream_q_minatar, out)
         u = args.gamma * u * (1 - done) + reward
         returns.append(u)
         r = reward / math.sqrt((1.0 if len(returns) < 2 else np.var(returns, ddof=1)) + 1e-8)
         seen.append(next_obs.astype(np.float64))
         next_x = norm(next_obs)
         delta = r + args.gamma * q(p, next_x).max() * (1 - done) - q(p, x)[a]
-        grads = numeric_grad(lambda p: -q(p, x)[a], p)
+        grads = numeric_grad(lambda p: q(p, x)[a], p)  # ∇q(s, a)
         p, trace, step = np_obgd(
             p, trace, grads, delta, nongreedy or done, args.kappa, args.gamma, args.lamda
         )
-        assert float(out[2]) == pytest.approx(delta, rel=1e-3, abs=1e-3), t
-        assert float(out[3]) == pytest.approx(step, rel=1e-3), t
+        assert float(out.td_error) == pytest.approx(delta, rel=1e-3, abs=1e-3), t
+        assert float(out.step_size) == pytest.approx(step, rel=1e-3), t
         for got, expected in (
             (to_np(new_state.params), p),
             (to_np(new_state.opt_state.eligibility_trace), trace),
@@ -177,7 +178,7 @@ def atari_setup(hidden_size=4):
     )
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (84, 84)).astype(np.float32) for _ in range(3)]
-    state, _ = stream_q_atari.start(jax.random.PRNGKey(0), frames[0], **kw)
+    state = stream_q_atari.start(jax.random.PRNGKey(0), frames[0], **kw)
     return args, kw, frames, state
 
 
@@ -188,11 +189,11 @@ def test_atari_act_keeps_q_and_the_gradient_of_the_action_it_picks():
     for start_e, key in ((0.0, 0), (1.0, 1), (1.0, 2)):  # greedy, then random actions
         args.start_e = args.end_e = start_e
         state = state._replace(params=from_np(p), key=jax.random.PRNGKey(key))
-        state, out = stream_q_atari.act(
+        state, epsilon = stream_q_atari.act(
             state, jnp.asarray(x, jnp.float32), q_network=net, args=args
         )
-        action, q_value, grads = int(out[0]), state.q_value, state.grads
-        assert int(state.action) == action and float(out[1]) == start_e
+        action, q_value, grads = int(state.action), state.q_value, state.grad_q
+        assert float(epsilon) == start_e
         q = np_q(p, x, (5, 3, 2))
         assert bool(state.nongreedy) == (
             action != int(np.argmax(q))
@@ -217,7 +218,7 @@ def test_atari_act_keeps_q_and_the_gradient_of_the_action_it_picks():
                 minus = np_q(p, x, (5, 3, 2))[int(action)]
                 p[name][index] = old
                 assert grads[name][index] == pytest.approx(
-                    -(plus - minus) / (2 * h), rel=2e-2, abs=1e-4
+                    (plus - minus) / (2 * h), rel=2e-2, abs=1e-4
                 )
 
 
@@ -238,7 +239,7 @@ def test_atari_life_loss_cuts_bootstrap_and_traces_but_keeps_the_game(done, game
     next_frames = np.concatenate([np.asarray(state.frames)[..., 1:], pushed[..., None]], axis=-1)
     next_q = np_q(to_np(state.params), next_frames, (5, 3, 2)).max()
     delta = 1.0 / math.sqrt(1 + 1e-8) + args.gamma * next_q * (1 - done) - float(state.q_value)
-    assert float(out[2]) == pytest.approx(delta, rel=1e-3, abs=1e-3)
+    assert float(unpack(stream_q_atari, out).td_error) == pytest.approx(delta, rel=1e-3, abs=1e-3)
     traces = to_np(new_state.opt_state.eligibility_trace).values()
     assert all(not np.any(z) for z in traces) == (done or bool(state.nongreedy))
     if game_over:  # the env was reset: the stack restarts from 4 copies of its first frame
@@ -290,8 +291,7 @@ def test_atari_act_marks_a_random_action_nongreedy_only_when_it_differs_from_arg
     act = jax.jit(partial(stream_q_atari.act, q_network=net, args=args))
     state, frames, flags = state._replace(params=from_np(p)), jnp.asarray(x, jnp.float32), []
     for i in range(60):
-        new_state, out = act(state._replace(key=jax.random.PRNGKey(i)), frames)
-        assert int(new_state.action) == int(out[0])
+        new_state, _ = act(state._replace(key=jax.random.PRNGKey(i)), frames)
         assert bool(new_state.nongreedy) == (int(new_state.action) != greedy), i
         flags.append(bool(new_state.nongreedy))
     assert 0.1 < np.mean(flags) < 0.6  # epsilon 0.5, 3 actions: a third of them on average

@@ -1,6 +1,7 @@
 """The scripts as a user runs them: logs, seeds, errors, and running alone in an empty folder."""
 
 import glob
+import importlib
 import os
 import pickle
 import shutil
@@ -18,7 +19,10 @@ from conftest import (
     read_scalars,
     record_run,
     run_script,
+    unpack,
 )
+
+import stream_q
 
 # script -> (default env, steps for a smoke run); every env
 # of seeds 0 and 1 ends an episode within it
@@ -71,11 +75,11 @@ def test_sps_and_the_diagnostics_are_logged_every_1000_steps(tmp_path):
     assert all(value > 0 for _, value in scalars["charts/SPS"])
     # the diagnostics are the means of |δ| and of ObGD's step
     # size over the steps since the last log:
-    # out = [action, epsilon, δ, step size] of train_step calls 1..3000 (call 0 is start)
-    outs = np.concatenate(recorded["outs"][1:])
-    assert outs.shape == (3000, 4)
-    for column, tag in ((2, "losses/td_error"), (3, "charts/obgd_step_size")):
-        expected = np.abs(outs[:, column]).reshape(3, 1000).mean(axis=1)
+    # the StepOutputs of train_step calls 1..3000 (call 0 is start)
+    out = unpack(stream_q, np.concatenate(recorded["outs"][1:]))
+    assert out.td_error.shape == (3000,)
+    for field, tag in (("td_error", "losses/td_error"), ("step_size", "charts/obgd_step_size")):
+        expected = np.abs(getattr(out, field)).reshape(3, 1000).mean(axis=1)
         np.testing.assert_allclose([value for _, value in scalars[tag]], expected, rtol=1e-5)
     assert all(
         0 < value <= 1.0 for _, value in scalars["charts/obgd_step_size"]
@@ -178,7 +182,6 @@ def test_bad_flags_give_one_line_error(script, flags, words, tmp_path):
     "flags,words",
     [
         (["--device", "tpu"], ["tpu", "--device", "cpu", "gpu"]),
-        (["--optimizer", "sgd"], ["sgd", "--optimizer", "obgd", "adaptive"]),
         (["--total-steps", "ten"], ["ten", "--total-steps"]),
     ],
 )
@@ -259,20 +262,26 @@ def test_an_agent_in_a_batch_acts_and_learns_as_it_does_alone(script, steps, tmp
         runs[name] = record_run(script, "--total-steps", str(steps), *flags, cwd=tmp_path / name)[
             "outs"
         ]
-    batch, alone = np.stack(runs["batch"])[:, 1], np.stack(runs["alone"])[:, 0]  # (steps + 1, out)
-    assert batch.shape == alone.shape == (steps + 1, batch.shape[-1])
-    if script == "stream_q.py":  # out = [action, epsilon, δ, step size]
-        np.testing.assert_array_equal(batch[:, :2], alone[:, :2])
-        np.testing.assert_allclose(batch[:, 2], alone[:, 2], rtol=1e-4, atol=1e-5)
-    else:  # out = [action (6), δ, step sizes (2)]
+    # the packed StepOutputs of the train_step calls (call 0 is start), (steps, agents, fields)
+    batch, alone = np.stack(runs["batch"][1:])[:, 1], np.stack(runs["alone"][1:])[:, 0]
+    assert batch.shape == alone.shape == (steps, batch.shape[-1])
+    module = importlib.import_module(script[:-3])
+    if script == "stream_q.py":
+        batch_out, alone_out = unpack(module, batch), unpack(module, alone)
+        np.testing.assert_array_equal(batch_out.action, alone_out.action)
+        np.testing.assert_array_equal(batch_out.epsilon, alone_out.epsilon)
+        np.testing.assert_allclose(batch_out.td_error, alone_out.td_error, rtol=1e-4, atol=1e-5)
+    else:  # actions, δ and step sizes
         np.testing.assert_allclose(batch, alone, rtol=1e-3, atol=1e-4)
     # and the other agents of the batch run streams of their own
-    others = np.stack(runs["batch"])[:, [0, 2]]
+    others = np.stack(runs["batch"][1:])[:, [0, 2]]
     assert not np.allclose(others[:, 0], batch) and not np.allclose(others[:, 1], batch)
 
 
-@pytest.mark.parametrize("script,env", [("stream_q.py", "Test/NanSeed1-v0"),
-                                        ("stream_ac_continuous.py", "TestNanContinuousSeed1-v0")])
+@pytest.mark.parametrize(
+    "script,env",
+    [("stream_q.py", "Test/NanSeed1-v0"), ("stream_ac_continuous.py", "TestNanContinuousSeed1-v0")],
+)
 def test_a_nan_in_one_agent_leaves_the_other_agents_updates_unchanged(script, env, tmp_path):
     # seed 1's env gives a NaN reward from its 101st step on, which makes that agent's TD error and
     # weights NaN; seeds 0 and 2 must act and learn exactly as in a run of the same envs with no NaN
@@ -282,11 +291,11 @@ def test_a_nan_in_one_agent_leaves_the_other_agents_updates_unchanged(script, en
         (tmp_path / name).mkdir()
         flags = ["--env", env_id, "--total-steps", "150", "--num-seeds", "3"]
         recorded = record_run(script, *flags, cwd=tmp_path / name, check=False)
-        runs[name] = np.stack(recorded["outs"])  # (calls, agents, out)
+        runs[name] = np.stack(recorded["outs"][1:])  # train_step calls, (calls, agents, fields)
         assert (recorded["returncode"] != 0) == (name == "nan")
     nan = runs["nan"]
     clean = runs["clean"][: len(nan)]
-    assert len(nan) == 102  # start, then train_step up to the 101st: agent 1's δ stops the run
+    assert len(nan) == 101  # train_step up to the 101st: agent 1's δ stops the run
     assert not np.isfinite(nan[-1, 1]).all() and np.isfinite(nan[:-1]).all()
     np.testing.assert_array_equal(nan[:, [0, 2]], clean[:, [0, 2]])
 
