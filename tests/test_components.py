@@ -183,7 +183,7 @@ def make_kwargs(module, obs_dim, n_actions, hidden_size=8, **arg_overrides):
 
 
 class NpAgent:
-    """A float64 NumPy reference of one agent's streaming step (SPEC §2-3): Welford observation
+    """A float64 NumPy reference of one agent's streaming step: Welford observation
     statistics updated first, the time feature, reward scaling by the discounted return's variance,
     the TD error with the pre-update weights, and ObGD on each network with its own trace."""
 
