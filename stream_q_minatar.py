@@ -172,7 +172,7 @@ class AgentState(NamedTuple):  # one agent: everything the step reads and writes
     nongreedy: jax.Array = None  # whether that action differs from argmax q, bool
 
 
-class StepOutput(NamedTuple):  # what the host reads after each step, per agent
+class StepOutput(NamedTuple):  # what __main__ reads after each step, per agent
     action: jax.Array  # the next action, int32
     epsilon: jax.Array  # its exploration rate
     td_error: jax.Array  # δ of the update
@@ -223,7 +223,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
         reward_trace=reward_trace)
     state, epsilon = act(state, norm_obs, q_network.apply(state.params, norm_obs), args)
     out = StepOutput(state.action, epsilon, delta, opt_state.step_size)
-    return state, ravel_pytree(out)[0]  # SPEED: one float32 array to the host, not four arrays
+    return state, ravel_pytree(out)[0]  # SPEED: one float32 array back to Python, not four
 
 
 def start(key, obs, *, q_network, optimizer, args: Args):
@@ -292,7 +292,7 @@ if __name__ == "__main__":
     kwargs = dict(q_network=q_network, optimizer=optimizer, args=args)
     batch = jax.vmap if args.num_seeds > 1 else one_agent
     state = jax.jit(batch(partial(start, **kwargs)))(keys, obs)  # every leaf (num_seeds, ...)
-    step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)  # state: in place
+    step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)  # new state in the old one's memory
     action = np.asarray(state.action)
 
     start_time = time.time()
