@@ -322,7 +322,7 @@ if __name__ == "__main__":
                   time_limit=envs.get_attr("spec")[0].max_episode_steps)
     batch = jax.vmap if args.num_seeds > 1 else one_agent
     state = jax.jit(batch(partial(start, **kwargs)))(keys, obs)  # every leaf (num_seeds, ...)
-    step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)  # new state in the old one's memory
+    step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)  # memory reused
     action = np.asarray(state.action)
 
     start_time = time.time()

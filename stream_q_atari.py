@@ -309,7 +309,7 @@ if __name__ == "__main__":
     kwargs = dict(q_network=q_network, optimizer=optimizer, args=args)
     batch = jax.vmap if args.num_seeds > 1 else one_agent
     state = jax.jit(batch(partial(start, **kwargs)))(keys, obs)  # every leaf (num_seeds, ...)
-    step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)  # new state in the old one's memory
+    step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)  # memory reused
     action = np.asarray(state.action)
 
     start_time = time.time()
