@@ -163,8 +163,8 @@ def obgd(lr, gamma, lamda, kappa):
 
 
 class AgentState(NamedTuple):  # one agent: everything the step reads and writes
-    policy_params: jax.Array  # the actor's weights, float32
-    value_params: jax.Array  # the critic's weights, float32
+    policy_params: jax.Array  # the actor's weights, one flat float32 vector (flat(), below)
+    value_params: jax.Array  # the critic's weights, likewise
     policy_opt_state: ObGDState  # ObGD's state (the eligibility trace) of the actor
     value_opt_state: ObGDState  # and of the critic
     obs_stats: RunningStats
@@ -331,7 +331,7 @@ if __name__ == "__main__":
     try:
         for global_step in progress:
             obs, reward, terminated, truncated, info = envs.step(action)
-            done = terminated | truncated
+            done = terminated | truncated  # a time limit cuts the bootstrap too (reference)
             ended = np.flatnonzero(done)  # the agents whose env was reset in this step
             reset_obs = np.asarray(obs, np.float32)  # where an episode ended, the reset observation
             next_obs = reset_obs.copy() if len(ended) else reset_obs

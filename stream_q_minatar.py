@@ -301,7 +301,7 @@ if __name__ == "__main__":
     try:
         for global_step in progress:
             obs, reward, terminated, truncated, info = envs.step(action)
-            done = terminated | truncated
+            done = terminated | truncated  # a time limit cuts the bootstrap too (reference)
             ended = np.flatnonzero(done)  # the agents whose env was reset in this step
             reset_obs = np.asarray(obs, np.float32)  # where an episode ended, the reset observation
             next_obs = reset_obs.copy() if len(ended) else reset_obs
