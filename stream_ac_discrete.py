@@ -74,8 +74,7 @@ def sparse_init(sparsity: float = 0.9):
 
     def init(key, shape, dtype=jnp.float32):
         fan_in, fan_out = math.prod(shape[:-1]), shape[-1]
-        key_w, key_p = jax.random.split(key)
-        bound = 1 / math.sqrt(fan_in)
+        (key_w, key_p), bound = jax.random.split(key), 1 / math.sqrt(fan_in)
         kernel = jax.random.uniform(key_w, (fan_in, fan_out), dtype, -bound, bound)
         # ranks of uniform noise: a random permutation of the inputs per output unit
         ranks = jax.random.uniform(key_p, (fan_in, fan_out)).argsort(axis=0).argsort(axis=0)
@@ -126,14 +125,13 @@ class RunningStats(NamedTuple):
     def var(self):
         return jnp.where(self.count < 2, 1.0, self.p / jnp.maximum(self.count - 1, 1))
 
-    def normalize(self, x):
-        return (x - self.mean) / jnp.sqrt(self.var() + 1e-8)
 
 
 def observe(obs_stats: RunningStats, obs, episode_step, time_limit: int):
     """obs_stats updated with raw obs (obs_dim,) FIRST, then obs normalised + time feature."""
     obs_stats = obs_stats.update(obs)
-    return obs_stats, jnp.append(obs_stats.normalize(obs), -0.5 + episode_step / time_limit)
+    norm_obs = (obs - obs_stats.mean) / jnp.sqrt(obs_stats.var() + 1e-8)
+    return obs_stats, jnp.append(norm_obs, -0.5 + episode_step / time_limit)
 
 
 class ObGDState(NamedTuple):
@@ -242,8 +240,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, actor, c
     return state, ravel_pytree(out)[0]  # SPEED: one float32 array back to Python, not four
 
 
-def start(key, obs, *, actor, critic, policy_optimizer, value_optimizer, args: Args,
-          time_limit: int):
+def start(key, obs, *, actor, critic, policy_optimizer, value_optimizer, args: Args, time_limit):
     """A new agent, acting in the reset observation obs (obs_dim,) raw."""
     key_policy, key_value, key = jax.random.split(key, 3)
     policy_params = actor.init(key_policy, jnp.zeros(obs.shape[-1] + 1))
@@ -267,8 +264,13 @@ def flat(module: nn.Module, in_dim: int):
 
 
 def one_agent(fn):
-    """jax.vmap for a batch of one agent: fn runs without the agent axis (XLA's code is faster)."""
-    return lambda *batch: jax.tree.map(lambda x: x[None], fn(*jax.tree.map(lambda x: x[0], batch)))
+    """jax.vmap for one agent whose AgentState keeps no agent axis (else XLA copies the weights)."""
+
+    def fn_of_one(*inputs):  # the other inputs lose their axis of one, the other outputs gain it
+        result = fn(*(x if isinstance(x, AgentState) else x[0] for x in inputs))
+        return result if isinstance(result, AgentState) else (result[0], result[1][None])
+
+    return fn_of_one
 
 
 if __name__ == "__main__":
@@ -314,16 +316,15 @@ if __name__ == "__main__":
     keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
 
     # ALGO LOGIC: the agents; one jitted call a step updates them all (jax.vmap over agents)
-    actor = flat(Actor(action_space.n, args.hidden_size), obs.shape[-1] + 1)
-    critic = flat(Critic(args.hidden_size), obs.shape[-1] + 1)
-    kwargs = dict(actor=actor, critic=critic, args=args,
+    kwargs = dict(actor=flat(Actor(action_space.n, args.hidden_size), obs.shape[-1] + 1),
+                  critic=flat(Critic(args.hidden_size), obs.shape[-1] + 1), args=args,
                   policy_optimizer=obgd(args.lr, args.gamma, args.lamda, args.kappa_policy),
                   value_optimizer=obgd(args.lr, args.gamma, args.lamda, args.kappa_value),
                   time_limit=envs.get_attr("spec")[0].max_episode_steps)
     batch = jax.vmap if args.num_seeds > 1 else one_agent
-    state = jax.jit(batch(partial(start, **kwargs)))(keys, obs)  # every leaf (num_seeds, ...)
+    state = jax.jit(batch(partial(start, **kwargs)))(keys, obs)  # leaves (num_seeds, ...) if N > 1
     step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)  # memory reused
-    action = np.asarray(state.action)
+    action = np.asarray(state.action).reshape(args.num_seeds, *action_space.shape)
 
     start_time = time.time()
     diagnostic_sums = np.zeros((args.num_seeds, 4))  # |StepOutput| summed since the last log
@@ -369,8 +370,9 @@ if __name__ == "__main__":
         for closable in (envs, *writers):
             closable.close()
     for i, run_name in enumerate(run_names if args.save_model else []):
+        agent = jax.tree.map(lambda x: x[i], state) if args.num_seeds > 1 else state
         with open(f"runs/{run_name}/{args.exp_name}.cleanrl_model", "wb") as f:
-            f.write(flax.serialization.to_bytes(jax.tree.map(lambda x: x[i], state)))
+            f.write(flax.serialization.to_bytes(agent))
     if args.track and args.capture_video:
         for name in sorted(os.listdir(video)):
             wandb.log({"videos": wandb.Video(f"{video}/{name}")})
