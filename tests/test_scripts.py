@@ -1,7 +1,6 @@
 """The scripts as a user runs them: logs, seeds, errors, and running alone in an empty folder."""
 
 import glob
-import importlib
 import os
 import pickle
 import shutil
@@ -265,9 +264,8 @@ def test_an_agent_in_a_batch_acts_and_learns_as_it_does_alone(script, steps, tmp
     # the packed StepOutputs of the train_step calls (call 0 is start), (steps, agents, fields)
     batch, alone = np.stack(runs["batch"][1:])[:, 1], np.stack(runs["alone"][1:])[:, 0]
     assert batch.shape == alone.shape == (steps, batch.shape[-1])
-    module = importlib.import_module(script[:-3])
     if script == "stream_q.py":
-        batch_out, alone_out = unpack(module, batch), unpack(module, alone)
+        batch_out, alone_out = unpack(stream_q, batch), unpack(stream_q, alone)
         np.testing.assert_array_equal(batch_out.action, alone_out.action)
         np.testing.assert_array_equal(batch_out.epsilon, alone_out.epsilon)
         np.testing.assert_allclose(batch_out.td_error, alone_out.td_error, rtol=1e-4, atol=1e-5)
