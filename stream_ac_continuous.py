@@ -5,8 +5,10 @@ Elsayed, Vasan, Mahmood 2024, "Streaming Deep Reinforcement Learning Finally Wor
 stream_ac_continuous.py). Unlike it: the time feature is -0.5 + t/T at an episode's t-th
 observation (the reference's is one step late), and the statistics are float32."""
 import ctypes
+import glob
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -39,6 +41,8 @@ class Args:
     wandb_entity: str | None = None  # the entity (team) of wandb's project
     capture_video: bool = False  # film the first agent's episodes 0, 1, 8, 27, ... into videos/
     save_model: bool = False  # save each agent to runs/{run_name}/{exp_name}.cleanrl_model
+    save_every: int = 100_000  # with --save-model, save also every this many steps and if stopped
+    resume: bool = False  # go on from each seed's newest run in runs/ that saved a model
 
     # Algorithm specific arguments
     env: str = "HalfCheetah-v5"  # gymnasium id: flat Box actions and observations
@@ -243,19 +247,25 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, actor, c
     return state, ravel_pytree(out)[0]  # SPEED: one float32 array back to Python, not four
 
 
-def start(key, obs, *, actor, critic, policy_optimizer, value_optimizer, args: Args, time_limit):
-    """A new agent, acting in the reset observation obs (obs_dim,) raw."""
+def start(key, obs, saved=None, *, actor, critic, policy_optimizer, value_optimizer, args: Args,
+          time_limit):
+    """A new agent, or the one saved (--resume) in a new episode, acting in the reset obs raw."""
     key_policy, key_value, key = jax.random.split(key, 3)
     policy_params = actor.init(key_policy, jnp.zeros(obs.shape[-1] + 1))
     value_params = critic.init(key_value, jnp.zeros(obs.shape[-1] + 1))
     zero, zeros = jnp.float32(0.0), jnp.zeros_like(obs)
-    obs_stats, norm_obs = observe(RunningStats(zeros, zeros, zero), obs, 0, time_limit)
     state = AgentState(policy_params=policy_params, value_params=value_params,
                        policy_opt_state=policy_optimizer.init(policy_params),
-                       value_opt_state=value_optimizer.init(value_params), obs_stats=obs_stats,
+                       value_opt_state=value_optimizer.init(value_params),
+                       obs_stats=RunningStats(zeros, zeros, zero),
                        reward_stats=RunningStats(zero, zero, zero), reward_trace=zero,
                        episode_step=jnp.int32(0), global_step=jnp.int32(0), key=key)
-    return act(state, norm_obs, actor=actor)
+    if saved is not None:  # all it has learned (flax's dict); z = 0, as in any new episode
+        state = flax.serialization.from_state_dict(state, saved)._replace(
+            policy_opt_state=state.policy_opt_state, value_opt_state=state.value_opt_state,
+            episode_step=state.episode_step)
+    obs_stats, norm_obs = observe(state.obs_stats, obs, 0, time_limit)
+    return act(state._replace(obs_stats=obs_stats), norm_obs, actor=actor)
 
 
 # SPEED (skip on a first read): a step costs mostly the call into XLA and the arrays it moves.
@@ -269,9 +279,9 @@ def flat(module: nn.Module, in_dim: int):
 def one_agent(fn):
     """jax.vmap for one agent whose AgentState keeps no agent axis (else XLA copies the weights)."""
 
-    def fn_of_one(*inputs):  # the other inputs lose their axis of one, the other outputs gain it
-        result = fn(*(x if isinstance(x, AgentState) else x[0] for x in inputs))
-        return result if isinstance(result, AgentState) else (result[0], result[1][None])
+    def fn_of_one(*xs):  # the other inputs lose their axis of one, the other outputs gain it
+        out = fn(*(x if isinstance(x, AgentState) else jax.tree.map(lambda v: v[0], x) for x in xs))
+        return out if isinstance(out, AgentState) else (out[0], out[1][None])
 
     return fn_of_one
 
@@ -283,6 +293,9 @@ if __name__ == "__main__":
     seeds = [args.seed + i for i in range(args.num_seeds)]
     env_name = args.env.replace("/", "_").replace(":", "_")
     run_names = [f"{env_name}__{args.exp_name}__{seed}__{int(time.time())}" for seed in seeds]
+    for i, seed in enumerate(seeds if args.resume else []):  # its newest run that saved a model
+        found = sorted(glob.glob(f"runs/{env_name}__{args.exp_name}__{seed}__*/*.cleanrl_model"))
+        run_names[i] = found[-1].split("/")[1] if found else run_names[i]
     video = f"videos/{run_names[0]}" if args.capture_video else None  # the first agent's
     try:  # one env per agent, reset in the step that ends an episode (SAME_STEP)
         envs = gym.vector.SyncVectorEnv(
@@ -315,7 +328,11 @@ if __name__ == "__main__":
         writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
     # TRY NOT TO MODIFY: seeding; each agent's env and JAX key from its seed (nothing else draws)
-    obs = np.asarray(envs.reset(seed=seeds)[0], np.float32)  # (num_seeds, *observation shape)
+    paths = [f"runs/{run_name}/{args.exp_name}.cleanrl_model" for run_name in run_names]
+    saved = [flax.serialization.msgpack_restore(open(path, "rb").read())  # --resume
+             for path in paths if os.path.exists(path)]  # each agent's whole state, as flax's dict
+    start_step = int(saved[0]["global_step"]) if saved else 0  # a resumed env is seeded anew:
+    obs = np.asarray(envs.reset(seed=[seed + start_step for seed in seeds])[0], np.float32)
     keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
 
     # ALGO LOGIC: the agents; one jitted call a step updates them all (jax.vmap over agents)
@@ -325,13 +342,20 @@ if __name__ == "__main__":
                   value_optimizer=obgd(args.lr, args.gamma, args.lamda, args.kappa_value),
                   time_limit=envs.get_attr("spec")[0].max_episode_steps or 1000)  # dm_control: 1000
     batch = jax.vmap if args.num_seeds > 1 else one_agent
-    state = jax.jit(batch(partial(start, **kwargs)))(keys, obs)  # leaves (num_seeds, ...) if N > 1
+    try:  # leaves (num_seeds, ...) if N > 1; each agent saved goes on from where it stopped
+        state = jax.jit(batch(partial(start, **kwargs)))(
+            keys, obs, jax.tree.map(lambda *x: np.stack(x), *saved) if saved else None)
+    except (ValueError, TypeError) as e:  # another script's, env's or network's state
+        sys.exit(f"error: --resume: {paths[0]} and the like do not fit this run: {e}")
     step_fn = jax.jit(batch(partial(train_step, **kwargs)), donate_argnums=0)  # memory reused
     action = np.asarray(state.action).reshape(args.num_seeds, *action_space.shape)
 
     start_time = time.time()
     diagnostic_sums = np.zeros((args.num_seeds, action_space.shape[0] + 3))  # |StepOutput| summed
-    progress = tqdm.trange(1, args.total_steps + 1, disable=None)  # quiet if not on a terminal
+    progress = tqdm.trange(start_step + 1, args.total_steps + 1, disable=None)  # quiet if no tty
+    stopped = []  # Ctrl-C or SIGTERM (SLURM's time limit, scancel, preemption) ends the loop
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.append(True))
     try:
         for global_step in progress:
             obs, reward, terminated, truncated, info = envs.step(action)
@@ -360,23 +384,25 @@ if __name__ == "__main__":
                     print(f"seed={seeds[i]}, global_step={global_step}, episodic_return="
                           f"{episodic_return:.1f}, episodic_length={length}")
             if global_step % 1000 == 0:  # the diagnostics: mean |δ| and step size since last log
-                sps = int(global_step / (time.time() - start_time))
+                sps = int((global_step - start_step) / (time.time() - start_time))
                 for writer, (delta, policy, value) in zip(writers, diagnostic_sums[:, -3:] / 1000):
                     writer.add_scalar("charts/SPS", sps, global_step)
                     writer.add_scalar("losses/td_error", delta, global_step)
                     writer.add_scalar("charts/obgd_step_size_policy", policy, global_step)
                     writer.add_scalar("charts/obgd_step_size_value", value, global_step)
                 diagnostic_sums[:] = 0.0
-    except KeyboardInterrupt:
-        sys.exit(f"error: interrupted at global_step={global_step}; logs so far are in runs/")
+            if args.save_model and (stopped or global_step % args.save_every == 0
+                                    or global_step == args.total_steps):
+                for i, path in enumerate(paths):  # each agent's whole state
+                    agent = jax.tree.map(lambda x: x[i], state) if args.num_seeds > 1 else state
+                    with open(path, "wb") as f:
+                        f.write(flax.serialization.to_bytes(agent))
+            if stopped:
+                sys.exit(f"error: interrupted at global_step={global_step}; logs are in runs/")
     finally:  # every log flushed
         for closable in (envs, *writers):
             closable.close()
-    for i, run_name in enumerate(run_names if args.save_model else []):
-        agent = jax.tree.map(lambda x: x[i], state) if args.num_seeds > 1 else state
-        with open(f"runs/{run_name}/{args.exp_name}.cleanrl_model", "wb") as f:
-            f.write(flax.serialization.to_bytes(agent))
     if args.track and args.capture_video:
         for name in sorted(os.listdir(video)):
             wandb.log({"videos": wandb.Video(f"{video}/{name}")})
-    print(f"finished in {time.time() - start_time:.0f} s; logs in runs/{run_names[0]} and the like")
+    print(f"global_step={args.total_steps} reached; logs in runs/{run_names[0]} and the like")
