@@ -95,9 +95,10 @@ gym.register("TestNanAle-v0", entry_point=FakeAle, kwargs=dict(nan_after=400))
 
 # RECORD_CALLS=FILE: pickle, for every call of a jitted function, the arguments after the first (the
 # state, or the keys), its packed `out` (None for start) and the returned state's field RECORD_FIELD
-# (if set), as NumPy arrays, and the number of TestAle resets, to FILE
-calls, outs, fields = [], [], []
+# (if set), as NumPy arrays, start's whole state, and the number of TestAle resets, to FILE
+calls, outs, fields, started = [], [], [], []
 if os.environ.get("RECORD_CALLS"):
+    import flax.serialization
     import jax
     jit = jax.jit
     def recording_jit(fun, **kwargs):
@@ -107,6 +108,8 @@ if os.environ.get("RECORD_CALLS"):
             result = jitted(*args)  # start: the state; train_step: (state, out)
             state, out = (result, None) if hasattr(result, "_fields") else result
             outs.append(None if out is None else np.array(out))
+            if out is None:  # start: the whole state it returns, as flax's state dict
+                started.append(jax.tree.map(np.array, flax.serialization.to_state_dict(state)))
             if os.environ.get("RECORD_FIELD"):
                 fields.append(np.array(getattr(state, os.environ["RECORD_FIELD"])))
             return result
@@ -119,7 +122,8 @@ finally:
     if os.environ.get("RECORD_CALLS"):
         import pickle
         with open(os.environ["RECORD_CALLS"], "wb") as f:
-            recorded = {"calls": calls, "outs": outs, "fields": fields, "resets": FakeAle.resets}
+            recorded = {"calls": calls, "outs": outs, "fields": fields, "started": started,
+                        "resets": FakeAle.resets}
             pickle.dump(recorded, f)
 '''
 
