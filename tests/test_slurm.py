@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, load_run
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo", "scontrol")
 
@@ -182,3 +182,52 @@ def test_readme_job_array_runs_every_seed_once_and_plot_draws_them(slurm, tmp_pa
     assert draw.returncode == 0, draw.stderr
     assert "16 runs, 4 envs" in draw.stdout
     assert (tmp_path / "grid.png").stat().st_size > 10_000
+
+
+def job_state(job: str, env) -> dict:
+    """JobState, ExitCode and Restarts of one (array) job, from scontrol."""
+    line = subprocess.run(
+        ["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True
+    ).stdout
+    return dict(re.findall(r"\b(JobState|ExitCode|Restarts)=(\S+)", line))
+
+
+def test_a_requeued_task_resumes_where_it_stopped_and_ends_with_exit_code_0(slurm, tmp_path):
+    """One task of 2 seeds, 40,000 steps: `scontrol requeue` it while it runs, as preemption would;
+    it starts again with the same command, resumes, and finishes in the same two run folders."""
+    (tmp_path / "grid.sh").write_text(readme_sbatch_script())
+    shutil.copy(os.path.join(ROOT, "stream_ac_continuous.py"), tmp_path)
+    env = dict(slurm, K="2", BLOCKS="1", TOTAL_STEPS="40000")
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--array=0", "grid.sh"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert submit.returncode == 0, submit.stderr
+    job = submit.stdout.strip().split(";")[0] + "_0"
+    started = time.monotonic()
+    while len(list(tmp_path.glob("runs/*"))) < 2:  # it runs: its agents have made their folders
+        assert time.monotonic() - started < 300, job_state(job, slurm)
+        time.sleep(1)
+    time.sleep(15)  # some thousands of steps
+    requeue = subprocess.run(
+        ["scontrol", "requeue", job], env=slurm, capture_output=True, text=True
+    )
+    assert requeue.returncode == 0, requeue.stderr
+    while job_state(job, slurm).get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED"):
+        assert time.monotonic() - started < 900, job_state(job, slurm)
+        time.sleep(2)
+    output = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    print(output)  # both starts: the save at SIGTERM, then the resumed run to its end
+    assert job_state(job, slurm) == {"JobState": "COMPLETED", "Restarts": "1", "ExitCode": "0:0"}
+    stop = int(re.search(r"error: interrupted at global_step=(\d+)", output).group(1))
+    assert 0 < stop < 40_000 and "global_step=40000 reached" in output
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert [run.name.split("__")[2] for run in runs] == ["0", "1"]  # one folder per seed
+    for run in runs:
+        scalars, _ = load_run(str(run))
+        steps = [step for step, _ in scalars["charts/SPS"]]
+        assert steps == sorted(set(steps)) and steps[-1] == 40_000, steps
+        assert any(step > stop for step, _ in scalars["charts/episodic_return"])
