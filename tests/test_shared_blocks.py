@@ -87,14 +87,15 @@ def test_main_block_differs_from_stream_q_only_where_the_algorithm_does(module):
     assert len(diff) <= MAIN_DIFFERS_FROM_STREAM_Q[module], "\n".join(diff)
 
 
-# the lesson's budget (non-blank lines) and width (columns) of each script
+# the lesson's budget (non-blank lines) and width (columns) of each script: 300, 320 for the
+# actor-critic and Atari scripts, plus what --resume costs each (it was 298, 299, 295, 317, 320, 316)
 BUDGET = {
-    stream_q: 300,
-    stream_sarsa: 300,
-    stream_q_minatar: 300,
-    stream_ac_discrete: 320,
-    stream_ac_continuous: 320,
-    stream_q_atari: 320,
+    stream_q: 300 + 25,
+    stream_sarsa: 300 + 25,
+    stream_q_minatar: 300 + 24,
+    stream_ac_discrete: 320 + 26,
+    stream_ac_continuous: 320 + 26,
+    stream_q_atari: 320 + 24,
 }
 
 
