@@ -369,7 +369,7 @@ def test_every_minatar_game_runs(game, tmp_path):
         "stream_q_minatar.py", "--env", f"MinAtar/{game}-v1", "--total-steps", "300", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
-    assert "finished in" in result.stdout
+    assert "global_step=300 reached" in result.stdout
 
 
 def test_atari_life_loss_ends_the_episode_for_learning_only(tmp_path):
