@@ -72,7 +72,7 @@ def test_sigterm_saves_and_the_same_command_goes_on_in_the_same_folders(tmp_path
     assert again.returncode == 0, again.stderr
     assert "global_step=40000 reached" in again.stdout
     assert len(glob.glob(str(tmp_path / "runs" / "*"))) == 3  # no new folders
-    fresh, resumed = [], []
+    fresh, before, resumed = [], [], []
     for seed, scalars in sorted(read_all_scalars(tmp_path).items()):
         steps = [step for step, _ in scalars["charts/episodic_return"]]
         assert steps == sorted(set(steps)), seed  # the curve goes on, never back
@@ -80,9 +80,13 @@ def test_sigterm_saves_and_the_same_command_goes_on_in_the_same_folders(tmp_path
         returns = [value for _, value in scalars["charts/episodic_return"]]
         after = [value for step, value in scalars["charts/episodic_return"] if step > stop]
         fresh.append(np.mean(returns[:5]))
+        before.append(np.mean([v for t, v in scalars["charts/episodic_return"] if t <= stop][-5:]))
         resumed.append(np.mean(after[:5]))
     # a resumed agent plays as the trained agent it was, far above a new one, over three seeds
-    print(f"first 5 episodes, fresh: {fresh}; after resuming at {stop}: {resumed}")
+    print(
+        f"mean of 5 episodes: the first {fresh}, the last before {stop} {before}, the first after"
+    )
+    print(resumed)
     assert np.median(resumed) > 5 * np.median(fresh), (fresh, resumed)
 
 
