@@ -14,10 +14,35 @@ import pytest
 from conftest import ROOT, assert_one_line_error, read_all_scalars, record_run, run_script
 from test_conventions import RUNS
 
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
+
 
 def read_model(path):
     with open(path, "rb") as f:
         return flax.serialization.msgpack_restore(f.read())
+
+
+def stream_q(*flags):
+    """The command line of stream_q.py with --save-model --resume --debug and flags."""
+    return [
+        sys.executable,
+        os.path.join(ROOT, "stream_q.py"),
+        *flags,
+        "--save-model",
+        "--resume",
+        "--debug",
+    ]
+
+
+def start_until(command, cwd, step):
+    """command started in cwd, its stdout read until an agent's episode ends past step."""
+    process = subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    for line in process.stdout:
+        if line.startswith("seed=") and int(line.split("global_step=")[1].split(",")[0]) > step:
+            return process
+    raise AssertionError(process.communicate()[1])
 
 
 @pytest.mark.parametrize("script,env,steps", RUNS)
@@ -43,24 +68,8 @@ def test_a_resumed_agent_starts_from_the_whole_state_it_saved(script, env, steps
 
 
 def test_sigterm_saves_and_the_same_command_goes_on_in_the_same_folders(tmp_path):
-    command = [
-        sys.executable,
-        os.path.join(ROOT, "stream_q.py"),
-        "--num-seeds",
-        "3",
-        "--total-steps",
-        "40000",
-        "--save-model",
-        "--resume",
-        "--debug",
-    ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
-    process = subprocess.Popen(
-        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    for line in process.stdout:  # stop it once an agent is past step 20,000
-        if line.startswith("seed=") and int(line.split("global_step=")[1].split(",")[0]) > 20_000:
-            break
+    command = stream_q("--num-seeds", "3", "--total-steps", "40000")
+    process = start_until(command, tmp_path, 20_000)
     process.send_signal(signal.SIGTERM)  # as SLURM does at a time limit, scancel or preemption
     _, stderr = process.communicate(timeout=60)
     assert process.returncode != 0 and "Traceback" not in stderr, stderr
@@ -68,7 +77,7 @@ def test_sigterm_saves_and_the_same_command_goes_on_in_the_same_folders(tmp_path
     models = sorted(glob.glob(str(tmp_path / "runs" / "*" / "stream_q.cleanrl_model")))
     assert len(models) == 3 and all(int(read_model(m)["global_step"]) == stop for m in models)
 
-    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=ENV)
     assert again.returncode == 0, again.stderr
     assert "global_step=40000 reached" in again.stdout
     assert len(glob.glob(str(tmp_path / "runs" / "*"))) == 3  # no new folders
@@ -101,29 +110,15 @@ def test_a_run_that_reached_total_steps_says_so_and_does_nothing(tmp_path):
 
 
 def test_save_every_saves_during_the_run_so_a_killed_run_resumes_from_there(tmp_path):
-    command = [
-        sys.executable,
-        os.path.join(ROOT, "stream_q.py"),
-        "--total-steps",
-        "100000",
-        "--save-model",
-        "--save-every",
-        "2000",
-        "--resume",
-        "--debug",
-    ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=env)
-    for line in process.stdout:  # SIGKILL (a node failure: no save at the stop) past step 5,000
-        if line.startswith("seed=") and int(line.split("global_step=")[1].split(",")[0]) > 5_000:
-            break
+    command = stream_q("--total-steps", "100000", "--save-every", "2000")
+    process = start_until(command, tmp_path, 5_000)  # SIGKILL, a node failure: no save at the stop
     process.kill()
     process.wait()
     (path,) = glob.glob(str(tmp_path / "runs" / "*" / "stream_q.cleanrl_model"))
     saved = int(read_model(path)["global_step"])
     assert saved >= 4000 and saved % 2000 == 0
     command[command.index("100000")] = str(saved + 1000)
-    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=ENV)
     assert again.returncode == 0, again.stderr
     first = int(again.stdout.split("global_step=")[1].split(",")[0])
     assert saved < first <= saved + 1000  # its first episode ends after the saved step

@@ -88,7 +88,7 @@ def test_main_block_differs_from_stream_q_only_where_the_algorithm_does(module):
 
 
 # the lesson's budget (non-blank lines) and width (columns) of each script: 300, 320 for the
-# actor-critic and Atari scripts, plus what --resume costs each (it was 298, 299, 295, 317, 320, 316)
+# actor-critic and Atari scripts, plus what --resume costs each (before: 298 299 295 317 320 316)
 BUDGET = {
     stream_q: 300 + 25,
     stream_sarsa: 300 + 25,
