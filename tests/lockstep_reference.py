@@ -166,7 +166,7 @@ def main():
         policy_params=torch_to_flat(actor_layers, template_pi),
         value_params=torch_to_flat(critic_layers, template_v),
     )
-    worst = {}
+    worst, flips = {}, []  # flips: steps where the two δ differ in sign (β sign(δ) H jumps)
     for t in range(1, cli.steps + 1):
         a = agent.sample_action(s)
         state = state._replace(action=jnp.asarray(a))  # the reference's action, for both
@@ -209,11 +209,14 @@ def main():
                 "value weights": rel(state.value_params, torch_to_flat(critic_layers, template_v)),
             }
         )
+        if np.sign(float(out.td_error)) != np.sign(delta):
+            flips.append(t)
         for name, d in diffs.items():
             if d > worst.get(name, (-1, 0))[0]:
                 worst[name] = (d, t)
         if t % cli.every == 0 or t == cli.steps:
             print(f"step {t}: " + ", ".join(f"{k} {d:.1e}" for k, d in diffs.items()))
+    print(f"steps where the two δ differ in sign: {flips}")
     print("largest relative difference over all steps (at step):")
     for name, (d, t) in worst.items():
         print(f"  {name:16s} {d:.2e} ({t})")
