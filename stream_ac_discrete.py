@@ -246,7 +246,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, actor, c
 
 def start(key, obs, saved=None, *, actor, critic, policy_optimizer, value_optimizer, args: Args,
           time_limit):
-    """A new agent, or the one saved (--resume) in a new episode, acting in the reset obs raw."""
+    """New agent or `saved` (flax dict of AgentState) in a new episode, acting in obs (obs_dim,)"""
     key_policy, key_value, key = jax.random.split(key, 3)
     policy_params = actor.init(key_policy, jnp.zeros(obs.shape[-1] + 1))
     value_params = critic.init(key_value, jnp.zeros(obs.shape[-1] + 1))

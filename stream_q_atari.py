@@ -244,8 +244,8 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, game_over, 
 
 
 def start(key, obs, saved=None, *, q_network, optimizer, args: Args):
-    """A new agent, or the one saved (--resume) in a new episode, acting in 4 copies of the reset
-    frame obs (84, 84) raw."""
+    """A new agent or `saved` (flax dict of AgentState) in a new episode, acting in 4 copies of
+    the reset frame obs (84, 84) raw."""
     key_init, key = jax.random.split(key)
     params = q_network.init(key_init, jnp.zeros((*obs.shape, 4)))
     zero, zeros = jnp.float32(0.0), jnp.zeros_like(obs)

@@ -223,7 +223,7 @@ def train_step(state: AgentState, next_obs, reward, done, reset_obs, *, q_networ
 
 
 def start(key, obs, saved=None, *, q_network, optimizer, args: Args, time_limit: int):
-    """A new agent, or the one saved (--resume) in a new episode, acting in the reset obs raw."""
+    """New agent or `saved` (flax dict of AgentState) in a new episode, acting in obs (obs_dim,)"""
     key_init, key = jax.random.split(key)
     params = q_network.init(key_init, jnp.zeros(obs.shape[-1] + 1))
     zero, zeros = jnp.float32(0.0), jnp.zeros_like(obs)
