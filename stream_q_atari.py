@@ -273,8 +273,8 @@ def one_agent(fn):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    if min(args.total_steps, args.num_seeds) < 1:
-        sys.exit("error: --total-steps and --num-seeds must be positive integers")
+    if min(args.total_steps, args.num_seeds, args.save_every) < 1:
+        sys.exit("error: --total-steps, --num-seeds and --save-every must be positive integers")
     seeds = [args.seed + i for i in range(args.num_seeds)]
     env_name = args.env.replace("/", "_").replace(":", "_")
     run_names = [f"{env_name}__{args.exp_name}__{seed}__{int(time.time())}" for seed in seeds]

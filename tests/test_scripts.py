@@ -170,6 +170,7 @@ def test_wrong_spaces_give_one_line_error(script, env, needs, tmp_path):
         (["--total-steps", "0"], ["--total-steps", "positive"]),
         (["--env", "NoSuchEnv-v0"], ["--env", "NoSuchEnv-v0"]),
         (["--num-seeds", "0"], ["--num-seeds", "positive"]),
+        (["--save-every", "0"], ["--save-every", "positive"]),
     ],
 )
 def test_bad_flags_give_one_line_error(script, flags, words, tmp_path):
