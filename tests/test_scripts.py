@@ -420,3 +420,24 @@ def test_atari_non_finite_td_error_stops_and_keeps_logs(tmp_path):
     )
     assert_one_line_error(result, "non-finite TD error")
     assert len(read_scalars(tmp_path)[0]["charts/episodic_return"]) >= 2  # the games before the NaN
+
+
+def test_profile_step_splits_a_step_into_parts_that_add_up(tmp_path):
+    # tests/profile_step.py: one row of µs per step, env + vector + python + call + compute = total
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "profile_step.py"), "stream_q"]
+        + ["--num-seeds", "2", "--steps", "3000"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.strip().splitlines()
+    assert header.split()[3:9] == ["env", "vector", "python", "call", "compute", "total"]
+    _, script, num_seeds, *numbers = row.split()
+    *parts, total, agent_steps = [float(n) for n in numbers]
+    assert (script, num_seeds) == ("stream_q", "2")
+    assert all(part > 0 for part in parts), row
+    assert abs(sum(parts) - total) <= 3, row  # each printed rounded to 1 µs
+    assert abs(agent_steps - 2 * 1e6 / total) <= 0.01 * agent_steps, row
