@@ -52,6 +52,16 @@ def env_only_sps(make_env, env_id: str, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def run_rows(tool: str, scripts, num_seeds_list, roots, steps: int | None) -> None:
+    """One process per (script, num-seeds, root), roots alternated: `tool SCRIPT --one ROOT N`."""
+    for script in scripts:
+        for num_seeds in num_seeds_list:
+            for root in roots:
+                command = [sys.executable, tool, script, "--one", root, str(num_seeds)]
+                command += ["--steps", str(steps)] if steps else []
+                subprocess.run(command, check=True, stderr=subprocess.DEVNULL)
+
+
 def run_one(root: str, script: str, env_id: str, steps: int, num_seeds: int) -> None:
     """In this process: env-only speed, the script's speed, env-only again; prints one row."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -107,17 +117,4 @@ if __name__ == "__main__":
     scripts = cli.scripts or [s for s in DEFAULTS if os.path.exists(os.path.join(ROOT, f"{s}.py"))]
     header = f"{'root':12s} {'script':22s} {'env':22s} {'N':>4s} {'agent-st/s':>10s}"
     print(f"{header} {'env-only':>9s} {'ratio':>6s}", flush=True)
-    for script in scripts:
-        for num_seeds in cli.num_seeds:
-            for root in roots:
-                command = [
-                    sys.executable,
-                    os.path.abspath(__file__),
-                    script,
-                    "--one",
-                    root,
-                    str(num_seeds),
-                ]
-                if cli.steps:
-                    command += ["--steps", str(cli.steps)]
-                subprocess.run(command, check=True, stdout=None, stderr=subprocess.DEVNULL)
+    run_rows(os.path.abspath(__file__), scripts, cli.num_seeds, roots, cli.steps)

@@ -26,13 +26,12 @@ import argparse
 import contextlib
 import os
 import runpy
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_sps import DEFAULTS, ROOT  # noqa: E402
+from benchmark_sps import DEFAULTS, ROOT, run_rows  # noqa: E402
 
 WARMUP = 2_000  # steps left out of the timed span
 
@@ -49,19 +48,15 @@ def profile_one(root: str, script: str, env_id: str, steps: int, num_seeds: int)
     captured = {}
     env_step, vector_step = gym.wrappers.RecordEpisodeStatistics.step, gym.vector.SyncVectorEnv.step
 
-    def timed_env_step(self, action):
-        begin = time.perf_counter()
-        result = env_step(self, action)
-        if timers["start"] is not None:
-            timers["env"] += time.perf_counter() - begin
-        return result
+    def timed(step, key):  # step, its time added to timers[key] once the timed span started
+        def timed_step(self, action):
+            begin = time.perf_counter()
+            result = step(self, action)
+            if timers["start"] is not None:
+                timers[key] += time.perf_counter() - begin
+            return result
 
-    def timed_vector_step(self, actions):
-        begin = time.perf_counter()
-        result = vector_step(self, actions)
-        if timers["start"] is not None:
-            timers["vector"] += time.perf_counter() - begin
-        return result
+        return timed_step
 
     jit = jax.jit
 
@@ -85,8 +80,8 @@ def profile_one(root: str, script: str, env_id: str, steps: int, num_seeds: int)
 
         return call
 
-    gym.wrappers.RecordEpisodeStatistics.step = timed_env_step
-    gym.vector.SyncVectorEnv.step = timed_vector_step
+    gym.wrappers.RecordEpisodeStatistics.step = timed(env_step, "env")
+    gym.vector.SyncVectorEnv.step = timed(vector_step, "vector")
     jax.jit = timed_jit
     try:
         with tempfile.TemporaryDirectory() as folder:
@@ -150,15 +145,5 @@ if __name__ == "__main__":
         + f" {'agent-st/s':>10s}",
         flush=True,
     )
-    for script in cli.scripts or list(DEFAULTS):
-        for num_seeds in cli.num_seeds:
-            for root in cli.root or [ROOT]:
-                command = [
-                    sys.executable,
-                    os.path.abspath(__file__),
-                    script,
-                    "--one",
-                    root,
-                    str(num_seeds),
-                ] + (["--steps", str(cli.steps)] if cli.steps else [])
-                subprocess.run(command, check=True, stderr=subprocess.DEVNULL)
+    tool = os.path.abspath(__file__)
+    run_rows(tool, cli.scripts or list(DEFAULTS), cli.num_seeds, cli.root or [ROOT], cli.steps)
