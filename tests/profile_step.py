@@ -5,18 +5,20 @@
 
 Each (root, script, num-seeds) gets its own process. It runs the script as
 `python SCRIPT --env ENV --total-steps N --num-seeds K` would, in a temporary folder, with three
-timers slipped in: around each env's step (`RecordEpisodeStatistics.step`, every script's
+timers slipped in: around each env's step and reset (`RecordEpisodeStatistics`, every script's
 outermost wrapper), around gymnasium's `SyncVectorEnv.step`, and around the jitted step (the one
 `jax.jit` call with `donate_argnums=0`). Past the first 2,000 steps (compilation and warm-up), a
 step's wall time splits into:
 
-    env          the N envs' own steps, resets included
-    vector       SyncVectorEnv.step less those (info merging, autoreset, copies)
-    python       the rest of the loop: numpy, the outputs, logging, the progress bar
+    env          the N envs' own steps and resets
+    vector       SyncVectorEnv.step less those (info merging, copies)
+    python       the rest of the loop: numpy, the outputs, logging (stderr is not a terminal,
+                 so no progress bar), and the timers themselves
     call         the cost of any jitted call with the step's arguments and outputs: dispatch,
-                 argument checks, host transfer. Timed apart, as an empty jitted function that
-                 takes the same (donated) state and inputs and returns them.
-    compute      the jitted step's time less that: XLA's compute
+                 argument checks, host transfers. Timed apart, after the run, as an empty jitted
+                 function that takes the same (donated) state and inputs and returns them.
+    compute      the jitted step's time in the run less that: XLA's compute, and whatever the
+                 run's cold caches add to the call
 
 All in µs per loop step (one step of each of the N agents). Not a pytest test: time it on a
 quiet core (`taskset -c 0`) and compare rows of one run only.
@@ -46,12 +48,13 @@ def profile_one(root: str, script: str, env_id: str, steps: int, num_seeds: int)
 
     timers = {"env": 0.0, "vector": 0.0, "call": 0.0, "calls": 0, "start": None, "end": None}
     captured = {}
-    env_step, vector_step = gym.wrappers.RecordEpisodeStatistics.step, gym.vector.SyncVectorEnv.step
+    statistics, vector_step = gym.wrappers.RecordEpisodeStatistics, gym.vector.SyncVectorEnv.step
+    env_step, env_reset = statistics.step, statistics.reset
 
     def timed(step, key):  # step, its time added to timers[key] once the timed span started
-        def timed_step(self, action):
+        def timed_step(*args, **kwargs):
             begin = time.perf_counter()
-            result = step(self, action)
+            result = step(*args, **kwargs)
             if timers["start"] is not None:
                 timers[key] += time.perf_counter() - begin
             return result
@@ -80,7 +83,7 @@ def profile_one(root: str, script: str, env_id: str, steps: int, num_seeds: int)
 
         return call
 
-    gym.wrappers.RecordEpisodeStatistics.step = timed(env_step, "env")
+    statistics.step, statistics.reset = timed(env_step, "env"), timed(env_reset, "env")
     gym.vector.SyncVectorEnv.step = timed(vector_step, "vector")
     jax.jit = timed_jit
     try:
@@ -91,12 +94,15 @@ def profile_one(root: str, script: str, env_id: str, steps: int, num_seeds: int)
             with contextlib.redirect_stdout(open(os.devnull, "w")):
                 runpy.run_path(path, run_name="__main__")
     finally:
-        gym.wrappers.RecordEpisodeStatistics.step = env_step
+        statistics.step, statistics.reset = env_step, env_reset
         gym.vector.SyncVectorEnv.step, jax.jit = vector_step, jit
 
-    # the call alone: an empty jitted function of the same arguments and outputs, donated
+    # the call alone: an empty jitted function of the same arguments (donated, and transferred
+    # though unused) and outputs
     empty = jit(
-        lambda state, *inputs: (state, jax.numpy.zeros_like(captured["out"])), donate_argnums=0
+        lambda state, *inputs: (state, jax.numpy.zeros_like(captured["out"])),
+        donate_argnums=0,
+        keep_unused=True,
     )
     state, inputs = captured["state"], captured["inputs"]
     for _ in range(100):  # compiled, warmed
@@ -132,6 +138,8 @@ if __name__ == "__main__":
     parser.add_argument("--root", action="append", help="folder holding the scripts (repeatable)")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     cli = parser.parse_args()
+    if cli.steps is not None and cli.steps <= WARMUP:
+        parser.error(f"--steps must be more than the {WARMUP:,} warm-up steps")
     if cli.one:
         script = cli.scripts[0]
         steps = cli.steps or DEFAULTS[script][1]
