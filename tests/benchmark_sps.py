@@ -62,6 +62,15 @@ def run_rows(tool: str, scripts, num_seeds_list, roots, steps: int | None) -> No
                 subprocess.run(command, check=True, stderr=subprocess.DEVNULL)
 
 
+def run_as_user(path: str, env_id: str, steps: int, num_seeds: int) -> None:
+    """In this process and folder: `python PATH --env ENV --total-steps N [--num-seeds K]`."""
+    sys.argv = [path, "--env", env_id, "--total-steps", str(steps)]
+    if num_seeds != 1:  # an older checkout may not know the flag
+        sys.argv += ["--num-seeds", str(num_seeds)]
+    with contextlib.redirect_stdout(open(os.devnull, "w")):
+        runpy.run_path(path, run_name="__main__")
+
+
 def run_one(root: str, script: str, env_id: str, steps: int, num_seeds: int) -> None:
     """In this process: env-only speed, the script's speed, env-only again; prints one row."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -74,11 +83,7 @@ def run_one(root: str, script: str, env_id: str, steps: int, num_seeds: int) -> 
     raw_before = env_only_sps(module.make_env, env_id, min(steps, 20_000))
     with tempfile.TemporaryDirectory() as folder:
         os.chdir(folder)
-        sys.argv = [path, "--env", env_id, "--total-steps", str(steps)]
-        if num_seeds != 1:  # an older checkout may not know the flag
-            sys.argv += ["--num-seeds", str(num_seeds)]
-        with contextlib.redirect_stdout(open(os.devnull, "w")):
-            runpy.run_path(path, run_name="__main__")
+        run_as_user(path, env_id, steps, num_seeds)
         run = sorted(glob.glob(os.path.join("runs", "*")))[0]
         accumulator = EventAccumulator(run)
         accumulator.Reload()

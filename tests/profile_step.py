@@ -25,15 +25,13 @@ quiet core (`taskset -c 0`) and compare rows of one run only.
 """
 
 import argparse
-import contextlib
 import os
-import runpy
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_sps import DEFAULTS, ROOT, run_rows  # noqa: E402
+from benchmark_sps import DEFAULTS, ROOT, run_as_user, run_rows  # noqa: E402
 
 WARMUP = 2_000  # steps left out of the timed span
 
@@ -89,10 +87,7 @@ def profile_one(root: str, script: str, env_id: str, steps: int, num_seeds: int)
     try:
         with tempfile.TemporaryDirectory() as folder:
             os.chdir(folder)
-            sys.argv = [path, "--env", env_id, "--total-steps", str(steps)]
-            sys.argv += ["--num-seeds", str(num_seeds)] if num_seeds != 1 else []
-            with contextlib.redirect_stdout(open(os.devnull, "w")):
-                runpy.run_path(path, run_name="__main__")
+            run_as_user(path, env_id, steps, num_seeds)
     finally:
         statistics.step, statistics.reset = env_step, env_reset
         gym.vector.SyncVectorEnv.step, jax.jit = vector_step, jit
