@@ -438,7 +438,8 @@ def test_profile_step_times_every_part_of_a_step(tmp_path):
     _, script, num_seeds, *numbers = row.split()
     env, vector, python, call, compute, total, agent_steps = [float(n) for n in numbers]
     assert (script, num_seeds) == ("stream_q", "2")
-    # every part measured: the env timer inside the vector env's, the empty call cheaper than
-    # the step, the loop more than the two
-    assert min(env, vector, python, call, compute) > 0, row
+    # every timer caught its part: the env's inside the vector env's, the loop's around both, the
+    # step's (call + compute) and the empty call's. Compute alone is a difference of two timings
+    # taken apart, so on a busy core it can come out below 0: not asserted
+    assert min(env, vector, python, call, call + compute) > 0, row
     assert 1_000 < agent_steps < 1_000_000, row
